@@ -1,0 +1,39 @@
+"""hybridda: differentiable data assimilation and machine learning on JAX + Equinox.
+
+Every piece is an Equinox module, so a whole DA cycle can be jitted, vmapped over
+seeds or members, and differentiated end to end.
+"""
+
+from . import dynamics as dynamics
+from . import filters as filters
+from . import metrics as metrics
+from . import observe as observe
+from . import variational as variational
+from ._method import AbstractAnalysisMethod as AbstractAnalysisMethod
+from .cycle import Trajectory as Trajectory
+from .cycle import assimilate as assimilate
+from .cycle import initial_ensemble as initial_ensemble
+from .cycle import simulate as simulate
+from .cycle import spin_up as spin_up
+from .cycle import synthesise_observations as synthesise_observations
+from .integrate import RK4 as RK4
+from .integrate import Resolvent as Resolvent
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AbstractAnalysisMethod",
+    "RK4",
+    "Resolvent",
+    "Trajectory",
+    "assimilate",
+    "dynamics",
+    "filters",
+    "initial_ensemble",
+    "metrics",
+    "observe",
+    "simulate",
+    "spin_up",
+    "synthesise_observations",
+    "variational",
+]

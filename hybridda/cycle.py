@@ -1,0 +1,162 @@
+"""Twin experiments: truth run, synthetic observations, and cycled assimilation.
+
+`assimilate` is one `lax.scan` over cycles: forecast every member with the model's
+resolvent, then call the method's analysis. It is a pure function of its inputs, so it
+can be jitted, vmapped over seeds, or differentiated end to end.
+"""
+
+from typing import Protocol, runtime_checkable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ._method import AbstractAnalysisMethod
+from .observe import AbstractObservation, check_observations
+
+
+@runtime_checkable
+class EnsembleModel(Protocol):
+    """What cycling needs of a model: one-cycle ensemble propagation.
+
+    [`hybridda.integrate.Resolvent`][] (and every hybrid model built on it) satisfies it.
+    """
+
+    cycle_length: float
+
+    def ensemble(self, E: Float[Array, "N n"], t0) -> Float[Array, "N n"]: ...
+
+    def __call__(self, x: Float[Array, " n"], t0) -> Float[Array, " n"]: ...
+
+
+class Trajectory(eqx.Module):
+    """The output of [`assimilate`][]: means and spreads of forecast and analysis.
+
+    Arrays have a leading cycle axis ``K``. `forecast_ensemble` / `analysis_ensemble`
+    are stored only with ``store_ensembles=True`` (shape ``(K, N, n)``), else ``None``.
+    Spread is ``sqrt(mean_i var_i)`` over variables, with the unbiased variance.
+    """
+
+    times: Float[Array, " K"]
+    forecast_mean: Float[Array, "K n"]
+    analysis_mean: Float[Array, "K n"]
+    forecast_spread: Float[Array, " K"]
+    analysis_spread: Float[Array, " K"]
+    forecast_ensemble: Float[Array, "K N n"] | None = None
+    analysis_ensemble: Float[Array, "K N n"] | None = None
+
+    def to_xarray(self, truth: Float[Array, "K n"] | None = None, observations=None):
+        """An `xarray.Dataset` (dims ``time``, ``member``, ``variable``); see `hybridda.io`."""
+        from .io import trajectory_to_xarray
+
+        return trajectory_to_xarray(self, truth=truth, observations=observations)
+
+
+def _spread(E):
+    if E.shape[0] < 2:
+        return jnp.zeros(())
+    return jnp.sqrt(jnp.mean(jnp.var(E, axis=0, ddof=1)))
+
+
+def simulate(model: EnsembleModel, x0: Float[Array, " n"], cycles: int, t0: float = 0.0):
+    """Run `model` from `x0` for `cycles` cycles; returns states at times 0..cycles."""
+
+    def step(x, k):
+        x = model(x, t0 + k * model.cycle_length)
+        return x, x
+
+    _, states = jax.lax.scan(step, x0, jnp.arange(cycles))
+    return jnp.concatenate([x0[None], states])
+
+
+def spin_up(model: EnsembleModel, x0: Float[Array, " n"], cycles: int) -> Float[Array, " n"]:
+    """Integrate `cycles` cycles from `x0` and return the final state (on the attractor)."""
+    return jax.lax.fori_loop(0, cycles, lambda k, x: model(x, 0.0), x0)
+
+
+def synthesise_observations(
+    observation: AbstractObservation, truth: Float[Array, "K n"], key: PRNGKeyArray
+) -> Float[Array, "K p"]:
+    """``y_k = H_k(x_k) + ε_k`` for each row ``x_k`` of `truth` (cycle ``k = 0..K-1``)."""
+    keys = jax.random.split(key, truth.shape[0])
+    cycles = jnp.arange(truth.shape[0])
+    return jax.vmap(lambda k, x, kk: observation.at_cycle(k).sample(x, kk))(cycles, truth, keys)
+
+
+def initial_ensemble(
+    key: PRNGKeyArray, centre: Float[Array, " n"], ensemble_size: int, std: float = 1.0
+) -> Float[Array, "N n"]:
+    """``centre + std · ξ`` with ``ξ ~ N(0, I)``, one row per member."""
+    if ensemble_size < 1:
+        raise ValueError(f"`ensemble_size` must be >= 1, got {ensemble_size}.")
+    return centre[None, :] + std * jax.random.normal(key, (ensemble_size, centre.shape[0]))
+
+
+def assimilate(
+    model: EnsembleModel,
+    observation: AbstractObservation,
+    method: AbstractAnalysisMethod,
+    y_seq: Float[Array, "K p"],
+    init: Float[Array, "N n"],
+    key: PRNGKeyArray,
+    *,
+    t0: float = 0.0,
+    store_ensembles: bool = False,
+) -> Trajectory:
+    """Cycle forecast and analysis over the observations `y_seq` (one `lax.scan`).
+
+    Cycle ``k`` (0-based) forecasts from the previous analysis (or `init`) to time
+    ``t0 + (k+1) Δt`` and assimilates ``y_seq[k]`` with the operator
+    ``observation.at_cycle(k)``. NaN entries in `y_seq` are missing observations.
+
+    **Arguments:**
+
+    - `model`: the resolvent (or hybrid model) propagating an ensemble over one cycle.
+    - `observation`: the observation operator and error model.
+    - `method`: any analysis method (ensemble filter, 3D-Var).
+    - `y_seq`: observations, shape ``(K, p)``.
+    - `init`: initial ensemble ``(N, n)`` (``N = 1`` for 3D-Var).
+    - `key`: PRNG key (split once per cycle).
+    - `store_ensembles`: also return every forecast and analysis ensemble.
+
+    **Returns:** a [`Trajectory`][].
+    """
+    if init.ndim != 2:
+        raise ValueError(f"`init` (the initial ensemble) must have shape (N, n), got {init.shape}.")
+    if init.shape[0] < method.min_ensemble_size:
+        raise ValueError(
+            f"`ensemble_size` must be >= {method.min_ensemble_size} for "
+            f"{type(method).__name__}, got {init.shape[0]}."
+        )
+    if y_seq.ndim != 2 or y_seq.shape[1] != observation.obs_size:
+        raise ValueError(
+            f"`y_seq` must have shape (cycles, {observation.obs_size}), got {y_seq.shape}."
+        )
+    y_seq = check_observations(y_seq, "y_seq")
+    y_seq = eqx.error_if(
+        y_seq,
+        jnp.all(jnp.isnan(y_seq)),
+        "`y_seq` is entirely NaN: there is nothing to assimilate (NaN marks a missing value).",
+    )
+    cycles = y_seq.shape[0]
+    keys = jax.random.split(key, cycles)
+
+    def step(E, inputs):
+        k, y, step_key = inputs
+        time = t0 + k * model.cycle_length
+        forecast = model.ensemble(E, time)
+        analysis = method.analysis(forecast, y, observation.at_cycle(k), step_key)
+        out = (
+            time + model.cycle_length,
+            forecast.mean(axis=0),
+            analysis.mean(axis=0),
+            _spread(forecast),
+            _spread(analysis),
+        )
+        if store_ensembles:
+            out = out + (forecast, analysis)
+        return analysis, out
+
+    _, out = jax.lax.scan(step, init, (jnp.arange(cycles), y_seq, keys))
+    return Trajectory(*out)

@@ -1,0 +1,8 @@
+"""Physical models: each is an `AbstractDynamics` with a tendency ``f(t, x, args)``."""
+
+from ._base import AbstractDynamics as AbstractDynamics
+from .lorenz63 import Lorenz63 as Lorenz63
+from .lorenz96 import Lorenz96 as Lorenz96
+from .two_scale_lorenz import TwoScaleLorenz96 as TwoScaleLorenz96
+
+__all__ = ["AbstractDynamics", "Lorenz63", "Lorenz96", "TwoScaleLorenz96"]

@@ -1,0 +1,43 @@
+"""Ensemble data assimilation: one file per filter; inflation and localisation are modules."""
+
+from ._base import AbstractEnsembleFilter as AbstractEnsembleFilter
+from ._base import EnsembleInnovations as EnsembleInnovations
+from ._base import ensemble_innovations as ensemble_innovations
+from .enkf import EnKF as EnKF
+from .enkf_n import EnKFN as EnKFN
+from .etkf import ETKF as ETKF
+from .inflation import RTPP as RTPP
+from .inflation import RTPS as RTPS
+from .inflation import AbstractInflation as AbstractInflation
+from .inflation import Multiplicative as Multiplicative
+from .inflation import NoInflation as NoInflation
+from .inflation import multiplicative as multiplicative
+from .letkf import LETKF as LETKF
+from .localisation import AbstractTaper as AbstractTaper
+from .localisation import GaspariCohn as GaspariCohn
+from .localisation import Gaussian as Gaussian
+from .localisation import Localisation as Localisation
+from .localisation import Step as Step
+from .localisation import periodic_distance as periodic_distance
+
+__all__ = [
+    "AbstractEnsembleFilter",
+    "AbstractInflation",
+    "AbstractTaper",
+    "EnKF",
+    "EnKFN",
+    "ETKF",
+    "EnsembleInnovations",
+    "GaspariCohn",
+    "Gaussian",
+    "LETKF",
+    "Localisation",
+    "Multiplicative",
+    "NoInflation",
+    "RTPP",
+    "RTPS",
+    "Step",
+    "ensemble_innovations",
+    "multiplicative",
+    "periodic_distance",
+]

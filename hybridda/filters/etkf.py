@@ -1,0 +1,45 @@
+"""Ensemble transform Kalman filter with the symmetric square root."""
+
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ..observe import AbstractObservation
+from ._base import AbstractEnsembleFilter, ensemble_innovations
+from ._util import symmetric_eig, transform_from_eig
+from .inflation import AbstractInflation, NoInflation
+
+
+class ETKF(AbstractEnsembleFilter):
+    """Ensemble transform Kalman filter (Bishop et al. 2001; Hunt et al. 2007).
+
+    The analysis lives in ensemble space: with whitened observation anomalies ``S``
+    (N × p) and innovation ``d``, ``C = S Sᵀ + (N-1) I``, the mean weights are
+    ``w = C⁻¹ S d`` and the anomalies transform ``T = √(N-1) C^{-1/2}`` (symmetric,
+    hence mean-preserving), so ``E_a = x̄ + (w + T)ᵀ A``.
+
+    **Arguments:**
+
+    - `inflation`: an [`hybridda.filters.AbstractInflation`][], default none.
+
+    !!! cite "Reference"
+        Hunt, Kostelich and Szunyogh (2007), Efficient data assimilation for
+        spatiotemporal chaos: a local ensemble transform Kalman filter. *Physica D*
+        230, 112-126, eqs. (21)-(24).
+    """
+
+    inflation: AbstractInflation = NoInflation()
+
+    def update(
+        self,
+        E: Float[Array, "N n"],
+        y: Float[Array, " p"],
+        observation: AbstractObservation,
+        key: PRNGKeyArray,
+    ) -> Float[Array, "N n"]:
+        del key
+        stats = ensemble_innovations(E, y, observation)
+        S, d = stats.obs_anomalies, stats.innovation
+        N1 = E.shape[0] - 1
+        # C = S Sᵀ + (N-1) I, the inverse analysis covariance in ensemble space.
+        eigenvalues, V = symmetric_eig(S @ S.T)
+        weights, T = transform_from_eig(eigenvalues + N1, V, S @ d, N1)
+        return stats.mean[None, :] + (weights[None, :] + T) @ stats.anomalies

@@ -1,0 +1,136 @@
+"""Resolvents: the flow map of a dynamics over one DA cycle, via `diffrax.diffeqsolve`."""
+
+from typing import ClassVar
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from ._checks import require_positive
+from .dynamics import AbstractDynamics
+
+_rk4_tableau = diffrax.ButcherTableau(
+    a_lower=(np.array([0.5]), np.array([0.0, 0.5]), np.array([0.0, 0.0, 1.0])),
+    b_sol=np.array([1 / 6, 1 / 3, 1 / 3, 1 / 6]),
+    # RK4 has no embedded error estimate: use it with a constant step size only.
+    b_error=np.zeros(4),
+    c=np.array([0.5, 0.5, 1.0]),
+)
+
+
+class RK4(diffrax.AbstractERK):
+    """The classical fourth-order Runge-Kutta method (Kutta 1901), fixed step only.
+
+    Diffrax ships no classical RK4; this is its explicit Runge-Kutta machinery with the
+    classical Butcher tableau, so it is differentiable and batchable like any diffrax
+    solver.
+    """
+
+    tableau: ClassVar[diffrax.ButcherTableau] = _rk4_tableau
+    interpolation_cls: ClassVar = diffrax.ThirdOrderHermitePolynomialInterpolation.from_k
+
+    def order(self, terms):
+        del terms
+        return 4
+
+
+class Resolvent(eqx.Module):
+    """Flow map ``x(t0 + steps_per_cycle * dt) = M(x(t0))`` of a dynamics over one cycle.
+
+    **Arguments:**
+
+    - `dynamics`: any [`hybridda.dynamics.AbstractDynamics`][] (or hybrid model).
+    - `dt`: integration step (the initial step for adaptive solvers).
+    - `steps_per_cycle`: number of steps of size `dt` per DA cycle (static).
+    - `solver`: a diffrax solver; default classical fixed-step [`RK4`][]. Adaptive
+      solvers (`diffrax.Tsit5()`, `diffrax.Dopri5()`) switch on a PID step-size
+      controller with tolerances `rtol`, `atol`.
+    - `max_steps`: step budget for adaptive solvers.
+
+    The cycle length is ``dt * steps_per_cycle``. Works under `jit`, `vmap` and `grad`.
+    """
+
+    dynamics: AbstractDynamics
+    dt: float = eqx.field(static=True, default=0.05)
+    steps_per_cycle: int = eqx.field(static=True, default=1)
+    solver: diffrax.AbstractSolver = RK4()
+    rtol: float = eqx.field(static=True, default=1e-6)
+    atol: float = eqx.field(static=True, default=1e-8)
+    max_steps: int = eqx.field(static=True, default=4096)
+
+    def __check_init__(self):
+        require_positive("dt", self.dt, "Pass the integration step, e.g. dt=0.05.")
+        if not isinstance(self.steps_per_cycle, int) or self.steps_per_cycle < 1:
+            raise ValueError(
+                f"`steps_per_cycle` must be a positive integer, got {self.steps_per_cycle}."
+            )
+
+    @property
+    def cycle_length(self) -> float:
+        """Model time covered by one cycle."""
+        return self.dt * self.steps_per_cycle
+
+    @property
+    def state_size(self) -> int:
+        return self.dynamics.state_size
+
+    def _solve(self, vector_field, x, t0):
+        adaptive = _is_adaptive(self.solver)
+        controller = (
+            diffrax.PIDController(rtol=self.rtol, atol=self.atol)
+            if adaptive
+            else diffrax.ConstantStepSize()
+        )
+        solution = diffrax.diffeqsolve(
+            diffrax.ODETerm(vector_field),
+            self.solver,
+            t0=t0,
+            t1=t0 + self.cycle_length,
+            dt0=self.dt,
+            y0=x,
+            stepsize_controller=controller,
+            saveat=diffrax.SaveAt(t1=True),
+            max_steps=self.max_steps if adaptive else self.steps_per_cycle,
+        )
+        return solution.ys[0]
+
+    def __call__(self, x: Float[Array, " n"], t0: float | Float[Array, ""] = 0.0) -> Float[Array, " n"]:
+        """Integrate one state over one cycle starting at time `t0`."""
+        return self._solve(self.dynamics, x, t0)
+
+    def ensemble(self, E: Float[Array, "N n"], t0: float | Float[Array, ""] = 0.0) -> Float[Array, "N n"]:
+        """Integrate every member (row) of an ensemble over one cycle.
+
+        With a fixed step the whole ensemble is one ODE with a batched vector field
+        (one solve, identical to a `vmap` of `__call__`); adaptive solvers `vmap` so
+        that each member keeps its own step sizes.
+        """
+        if _is_adaptive(self.solver):
+            return jax.vmap(lambda x: self(x, t0))(E)
+        return self._solve(_EnsembleTendency(self.dynamics), E, t0)
+
+    def trajectory(self, x: Float[Array, " n"], cycles: int, t0: float = 0.0) -> Float[Array, "cycles_plus_one n"]:
+        """States at the start and at the end of each of `cycles` cycles (a `lax.scan`)."""
+
+        def step(state, k):
+            state = self(state, t0 + k * self.cycle_length)
+            return state, state
+
+        _, states = jax.lax.scan(step, x, jnp.arange(cycles))
+        return jnp.concatenate([x[None], states])
+
+
+class _EnsembleTendency(eqx.Module):
+    """The tendency of every member of an ensemble (a module, so parameters stay leaves)."""
+
+    dynamics: AbstractDynamics
+
+    def __call__(self, t, E, args):
+        return jax.vmap(self.dynamics.tendency, in_axes=(None, 0, None))(t, E, args)
+
+
+def _is_adaptive(solver: diffrax.AbstractSolver) -> bool:
+    return isinstance(solver, diffrax.AbstractAdaptiveSolver) and not isinstance(solver, RK4)
