@@ -9,6 +9,8 @@ from . import filters as filters
 from . import metrics as metrics
 from . import observe as observe
 from . import variational as variational
+from . import twin as twin
+from . import configs as configs
 from ._method import AbstractAnalysisMethod as AbstractAnalysisMethod
 from .cycle import Trajectory as Trajectory
 from .cycle import assimilate as assimilate

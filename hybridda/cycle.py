@@ -10,7 +10,7 @@ from typing import Protocol, runtime_checkable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ._method import AbstractAnalysisMethod
 from .observe import AbstractObservation, check_observations
@@ -43,8 +43,20 @@ class Trajectory(eqx.Module):
     analysis_mean: Float[Array, "K n"]
     forecast_spread: Float[Array, " K"]
     analysis_spread: Float[Array, " K"]
+    final_ensemble: Float[Array, "N n"]
     forecast_ensemble: Float[Array, "K N n"] | None = None
     analysis_ensemble: Float[Array, "K N n"] | None = None
+
+    @property
+    def cycles(self) -> int:
+        return self.times.shape[0]
+
+    @staticmethod
+    def concatenate(parts: "list[Trajectory]") -> "Trajectory":
+        """Join trajectories of consecutive chunks of cycles (the last final ensemble wins)."""
+        final = parts[-1].final_ensemble
+        joined = jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *parts)
+        return eqx.tree_at(lambda t: t.final_ensemble, joined, final)
 
     def to_xarray(self, truth: Float[Array, "K n"] | None = None, observations=None):
         """An `xarray.Dataset` (dims ``time``, ``member``, ``variable``); see `hybridda.io`."""
@@ -101,14 +113,18 @@ def assimilate(
     init: Float[Array, "N n"],
     key: PRNGKeyArray,
     *,
-    t0: float = 0.0,
+    t0: float | Float[Array, ""] = 0.0,
+    first_cycle: int | Int[Array, ""] = 0,
     store_ensembles: bool = False,
 ) -> Trajectory:
     """Cycle forecast and analysis over the observations `y_seq` (one `lax.scan`).
 
-    Cycle ``k`` (0-based) forecasts from the previous analysis (or `init`) to time
-    ``t0 + (k+1) Δt`` and assimilates ``y_seq[k]`` with the operator
-    ``observation.at_cycle(k)``. NaN entries in `y_seq` are missing observations.
+    Cycle ``k`` (0-based, counted from `first_cycle`) forecasts from the previous
+    analysis (or `init`) to time ``t0 + (k+1) Δt`` and assimilates ``y_seq[k]`` with the
+    operator ``observation.at_cycle(first_cycle + k)``. NaN entries in `y_seq` are
+    missing observations. The key of cycle ``c`` is ``fold_in(key, c)``, so running the
+    cycles in chunks (passing `first_cycle`, `t0` and the previous `final_ensemble`)
+    gives exactly the same numbers as one run.
 
     **Arguments:**
 
@@ -117,7 +133,8 @@ def assimilate(
     - `method`: any analysis method (ensemble filter, 3D-Var).
     - `y_seq`: observations, shape ``(K, p)``.
     - `init`: initial ensemble ``(N, n)`` (``N = 1`` for 3D-Var).
-    - `key`: PRNG key (split once per cycle).
+    - `key`: PRNG key (folded with the cycle index).
+    - `t0`, `first_cycle`: time and index of the first cycle (for chunked runs).
     - `store_ensembles`: also return every forecast and analysis ensemble.
 
     **Returns:** a [`Trajectory`][].
@@ -140,13 +157,14 @@ def assimilate(
         "`y_seq` is entirely NaN: there is nothing to assimilate (NaN marks a missing value).",
     )
     cycles = y_seq.shape[0]
-    keys = jax.random.split(key, cycles)
+    indices = first_cycle + jnp.arange(cycles)
 
     def step(E, inputs):
-        k, y, step_key = inputs
-        time = t0 + k * model.cycle_length
+        k, y = inputs  # k: global cycle index
+        time = t0 + (k - first_cycle) * model.cycle_length
         forecast = model.ensemble(E, time)
-        analysis = method.analysis(forecast, y, observation.at_cycle(k), step_key)
+        cycle_key = jax.random.fold_in(key, k)
+        analysis = method.analysis(forecast, y, observation.at_cycle(k), cycle_key)
         out = (
             time + model.cycle_length,
             forecast.mean(axis=0),
@@ -158,5 +176,14 @@ def assimilate(
             out = out + (forecast, analysis)
         return analysis, out
 
-    _, out = jax.lax.scan(step, init, (jnp.arange(cycles), y_seq, keys))
-    return Trajectory(*out)
+    final, out = jax.lax.scan(step, init, (indices, y_seq))
+    times, forecast_mean, analysis_mean, forecast_spread, analysis_spread, *ensembles = out
+    return Trajectory(
+        times,
+        forecast_mean,
+        analysis_mean,
+        forecast_spread,
+        analysis_spread,
+        final,
+        *ensembles,
+    )

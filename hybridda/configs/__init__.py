@@ -1,0 +1,5 @@
+"""Named literature settings, one module per paper, each with its published numbers."""
+
+from . import sakov2008 as sakov2008
+
+__all__ = ["sakov2008"]
