@@ -78,22 +78,27 @@ class Resolvent(eqx.Module):
         return self.dynamics.state_size
 
     def _solve(self, vector_field, x, t0):
-        adaptive = _is_adaptive(self.solver)
-        controller = (
-            diffrax.PIDController(rtol=self.rtol, atol=self.atol)
-            if adaptive
-            else diffrax.ConstantStepSize()
-        )
+        # Integrate in cycle-local time [0, cycle_length] and shift t inside the vector
+        # field: the step grid is then a compile-time constant (exactly `steps_per_cycle`
+        # steps, no round-off extra step) and non-autonomous models still see true time.
+        term = diffrax.ODETerm(_TimeShifted(vector_field, jnp.asarray(t0, dtype=float)))
+        if _is_adaptive(self.solver):
+            controller = diffrax.PIDController(rtol=self.rtol, atol=self.atol)
+            t1, dt0, max_steps = self.cycle_length, self.dt, self.max_steps
+        else:
+            grid = self.dt * np.arange(self.steps_per_cycle + 1)
+            controller = diffrax.StepTo(ts=grid)
+            t1, dt0, max_steps = float(grid[-1]), None, self.steps_per_cycle
         solution = diffrax.diffeqsolve(
-            diffrax.ODETerm(vector_field),
+            term,
             self.solver,
-            t0=t0,
-            t1=t0 + self.cycle_length,
-            dt0=self.dt,
+            t0=0.0,
+            t1=t1,
+            dt0=dt0,
             y0=x,
             stepsize_controller=controller,
             saveat=diffrax.SaveAt(t1=True),
-            max_steps=self.max_steps if adaptive else self.steps_per_cycle,
+            max_steps=max_steps,
         )
         return solution.ys[0]
 
@@ -121,6 +126,16 @@ class Resolvent(eqx.Module):
 
         _, states = jax.lax.scan(step, x, jnp.arange(cycles))
         return jnp.concatenate([x[None], states])
+
+
+class _TimeShifted(eqx.Module):
+    """``f(t + offset, y, args)``: a vector field in cycle-local time."""
+
+    vector_field: eqx.Module
+    offset: Float[Array, ""]
+
+    def __call__(self, t, y, args):
+        return self.vector_field(t + self.offset, y, args)
 
 
 class _EnsembleTendency(eqx.Module):

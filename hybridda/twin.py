@@ -161,9 +161,11 @@ class TwinResult:
     """What [`run_twin`][] returns."""
 
     config: TwinConfig
-    truth: jax.Array  # (K, n), the true state at each analysis time
+    initial_state: jax.Array  # (n,), the truth at time 0 (on the attractor)
+    truth: jax.Array  # (K, n), the true state at each analysis time, truth[k] after k+1 cycles
     observations: jax.Array  # (K, p)
     trajectory: Trajectory
+    method: AbstractAnalysisMethod  # the method as built (e.g. 3D-Var's B)
     metrics: dict[str, float]
 
 
@@ -242,4 +244,4 @@ def run_twin(config: TwinConfig, seed: int = 0, progress: bool | None = None, ch
         burn_in=config.burn_in,
         finite=bool(np.all(np.isfinite(np.asarray(trajectory.analysis_mean)))),
     )
-    return TwinResult(config, truth, y, trajectory, results)
+    return TwinResult(config, x0, truth, y, trajectory, method, results)
