@@ -4,13 +4,13 @@ Every piece is an Equinox module, so a whole DA cycle can be jitted, vmapped ove
 seeds or members, and differentiated end to end.
 """
 
+from . import configs as configs
 from . import dynamics as dynamics
 from . import filters as filters
 from . import metrics as metrics
 from . import observe as observe
-from . import variational as variational
 from . import twin as twin
-from . import configs as configs
+from . import variational as variational
 from ._method import AbstractAnalysisMethod as AbstractAnalysisMethod
 from .cycle import Trajectory as Trajectory
 from .cycle import assimilate as assimilate

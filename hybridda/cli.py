@@ -31,11 +31,18 @@ def _twin_parser(sub) -> None:
     p.add_argument("--method", choices=METHODS, default=d.method)
     p.add_argument("--ensemble-size", type=int, default=d.ensemble_size)
     p.add_argument("--inflation", type=float, default=d.inflation, help="anomaly factor, 1 = none")
-    p.add_argument("--localisation-radius", type=float, default=None, help="grid units (LETKF, EnKF)")
     p.add_argument(
-        "--background-scale", type=float, default=d.background_scale, help="3D-Var: B = scale × clim"
+        "--localisation-radius", type=float, default=None, help="grid units (LETKF, EnKF)"
     )
-    p.add_argument("--dt", type=float, default=None, help="step (default 0.05 L96, 0.01 L63, 0.005 two-scale)")
+    p.add_argument(
+        "--background-scale",
+        type=float,
+        default=d.background_scale,
+        help="3D-Var: B = scale × clim",
+    )
+    p.add_argument(
+        "--dt", type=float, default=None, help="step (default 0.05 L96, 0.01 L63, 0.005 two-scale)"
+    )
     p.add_argument("--steps-per-cycle", type=int, default=d.steps_per_cycle)
     p.add_argument("--obs", choices=OBSERVATIONS, default=d.obs)
     p.add_argument("--obs-count", type=int, default=None, help="random: observations per cycle")
@@ -116,7 +123,11 @@ def _write_outputs(args, result) -> None:
     dataset = result.trajectory.to_xarray(truth=result.truth, observations=result.observations)
     save_netcdf(dataset.assign_attrs(attrs), out / "trajectory.nc")
     plot.hovmoller(
-        result.truth, result.trajectory.analysis_mean, result.trajectory.times, out / "hovmoller.png", title
+        result.truth,
+        result.trajectory.analysis_mean,
+        result.trajectory.times,
+        out / "hovmoller.png",
+        title,
     )
     plot.rmse_and_spread(result.truth, result.trajectory, out / "rmse.png", config.burn_in, title)
     (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2))

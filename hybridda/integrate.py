@@ -102,11 +102,15 @@ class Resolvent(eqx.Module):
         )
         return solution.ys[0]
 
-    def __call__(self, x: Float[Array, " n"], t0: float | Float[Array, ""] = 0.0) -> Float[Array, " n"]:
+    def __call__(
+        self, x: Float[Array, " n"], t0: float | Float[Array, ""] = 0.0
+    ) -> Float[Array, " n"]:
         """Integrate one state over one cycle starting at time `t0`."""
         return self._solve(self.dynamics, x, t0)
 
-    def ensemble(self, E: Float[Array, "N n"], t0: float | Float[Array, ""] = 0.0) -> Float[Array, "N n"]:
+    def ensemble(
+        self, E: Float[Array, "N n"], t0: float | Float[Array, ""] = 0.0
+    ) -> Float[Array, "N n"]:
         """Integrate every member (row) of an ensemble over one cycle.
 
         With a fixed step the whole ensemble is one ODE with a batched vector field
@@ -117,7 +121,9 @@ class Resolvent(eqx.Module):
             return jax.vmap(lambda x: self(x, t0))(E)
         return self._solve(_EnsembleTendency(self.dynamics), E, t0)
 
-    def trajectory(self, x: Float[Array, " n"], cycles: int, t0: float = 0.0) -> Float[Array, "cycles_plus_one n"]:
+    def trajectory(
+        self, x: Float[Array, " n"], cycles: int, t0: float = 0.0
+    ) -> Float[Array, "cycles_plus_one n"]:
         """States at the start and at the end of each of `cycles` cycles (a `lax.scan`)."""
 
         def step(state, k):

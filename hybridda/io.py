@@ -38,7 +38,9 @@ def save_netcdf(dataset: xr.Dataset, path: str | Path) -> Path:
     """Write `dataset` to netCDF (creating parent folders)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    attrs = {k: (str(v) if isinstance(v, bool | type(None)) else v) for k, v in dataset.attrs.items()}
+    attrs = {
+        k: (str(v) if isinstance(v, bool | type(None)) else v) for k, v in dataset.attrs.items()
+    }
     dataset.assign_attrs(attrs).to_netcdf(path)
     return path
 

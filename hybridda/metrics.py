@@ -36,7 +36,9 @@ def crps(ensemble: Float[ArrayIn, "*K N n"], truth: Float[ArrayIn, "*K n"]) -> F
     return jnp.mean(skill - dispersion, axis=-1)
 
 
-def rank_histogram(ensemble: Float[ArrayIn, "K N n"], truth: Float[ArrayIn, "K n"]) -> Int[Array, " N+1"]:
+def rank_histogram(
+    ensemble: Float[ArrayIn, "K N n"], truth: Float[ArrayIn, "K n"]
+) -> Int[Array, " N+1"]:
     """Counts of the truth's rank among the members, over all times and variables.
 
     A flat histogram indicates a reliable ensemble (Anderson 1996; Hamill 2001).

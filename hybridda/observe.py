@@ -36,11 +36,15 @@ class AbstractObservationError(eqx.Module):
     def covariance(self, obs_size: int) -> Float[Array, "p p"]:
         """The dense covariance ``R``."""
 
-    def log_density(self, innovation: Float[Array, " p"], mask: Bool[Array, " p"]) -> Float[Array, ""]:
+    def log_density(
+        self, innovation: Float[Array, " p"], mask: Bool[Array, " p"]
+    ) -> Float[Array, ""]:
         """Gaussian log-density of ``innovation`` over the observed entries."""
         white = self.whiten(innovation, mask)
         count = jnp.sum(mask)
-        return -0.5 * jnp.sum(white**2) - self._half_log_det(mask) - 0.5 * count * jnp.log(2 * jnp.pi)
+        return (
+            -0.5 * jnp.sum(white**2) - self._half_log_det(mask) - 0.5 * count * jnp.log(2 * jnp.pi)
+        )
 
     @abc.abstractmethod
     def _half_log_det(self, mask: Bool[Array, " p"]) -> Float[Array, ""]:
@@ -129,7 +133,7 @@ class CorrelatedGaussianError(AbstractObservationError):
 
 
 def gaussian_error(std=None, covariance=None) -> AbstractObservationError:
-    """Scalar/diagonal std → [`GaussianError`][]; full covariance → [`CorrelatedGaussianError`][]."""
+    """Scalar/vector std: [`GaussianError`][]; matrix: [`CorrelatedGaussianError`][]."""
     if (std is None) == (covariance is None):
         raise ValueError("Give exactly one of `std` (scalar or vector) or `covariance` (matrix).")
     return GaussianError(std) if covariance is None else CorrelatedGaussianError(covariance)
@@ -193,7 +197,9 @@ class IndexObservation(AbstractObservation):
 
     def __check_init__(self):
         if self.indices.ndim != 1 or self.indices.shape[0] == 0:
-            raise ValueError(f"`indices` must be a non-empty vector, got shape {self.indices.shape}.")
+            raise ValueError(
+                f"`indices` must be a non-empty vector, got shape {self.indices.shape}."
+            )
         values = concrete(self.indices)
         if values is not None and (values.min() < 0 or values.max() >= self.state_size):
             raise ValueError(
@@ -217,10 +223,14 @@ def full_observation(state_size: int, error: AbstractObservationError) -> IndexO
     return IndexObservation(np.arange(state_size), state_size, error)
 
 
-def every_kth(state_size: int, k: int, error: AbstractObservationError, offset: int = 0) -> IndexObservation:
+def every_kth(
+    state_size: int, k: int, error: AbstractObservationError, offset: int = 0
+) -> IndexObservation:
     """Every `k`-th variable, starting at `offset`."""
     if k < 1 or not 0 <= offset < state_size:
-        raise ValueError(f"`obs_every` (k) must be >= 1 and offset in [0, n), got k={k}, offset={offset}.")
+        raise ValueError(
+            f"`obs_every` (k) must be >= 1 and offset in [0, n), got k={k}, offset={offset}."
+        )
     return IndexObservation(np.arange(offset, state_size, k), state_size, error)
 
 

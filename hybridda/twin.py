@@ -6,7 +6,6 @@ values; [`build`][] turns it into modules and [`run_twin`][] runs the whole expe
 """
 
 import dataclasses
-import math
 import sys
 import time
 from typing import Any
@@ -18,7 +17,14 @@ import numpy as np
 
 from . import metrics
 from ._method import AbstractAnalysisMethod
-from .cycle import Trajectory, assimilate, initial_ensemble, simulate, spin_up, synthesise_observations
+from .cycle import (
+    Trajectory,
+    assimilate,
+    initial_ensemble,
+    simulate,
+    spin_up,
+    synthesise_observations,
+)
 from .dynamics import AbstractDynamics, Lorenz63, Lorenz96, TwoScaleLorenz96
 from .filters import ETKF, LETKF, EnKF, EnKFN, Localisation, multiplicative
 from .integrate import Resolvent
@@ -131,7 +137,9 @@ def build_observation(config: TwinConfig, state_size: int, key) -> AbstractObser
     return RandomSubsetObservation(count, state_size, error, key)
 
 
-def build_method(config: TwinConfig, dynamics: AbstractDynamics, climatology=None) -> AbstractAnalysisMethod:
+def build_method(
+    config: TwinConfig, dynamics: AbstractDynamics, climatology=None
+) -> AbstractAnalysisMethod:
     """The DA method named by `config.method` (3D-Var needs the climatological covariance)."""
     inflation = multiplicative(config.inflation)
     if config.method == "etkf":
@@ -169,7 +177,9 @@ class TwinResult:
     metrics: dict[str, float]
 
 
-def run_twin(config: TwinConfig, seed: int = 0, progress: bool | None = None, chunks: int = 10) -> TwinResult:
+def run_twin(
+    config: TwinConfig, seed: int = 0, progress: bool | None = None, chunks: int = 10
+) -> TwinResult:
     """Run a whole twin experiment (in the precision JAX is configured for).
 
     Keys: ``seed`` → (truth start, observation noise, random network, initial ensemble,
@@ -204,18 +214,16 @@ def run_twin(config: TwinConfig, seed: int = 0, progress: bool | None = None, ch
     E0 = initial_ensemble(k_init, x0, members, spread)
 
     # Equal chunks (a divisor of the cycle count) share one compiled function.
-    chunks = max(c for c in range(1, max(1, min(chunks, config.cycles)) + 1) if config.cycles % c == 0)
+    chunks = max(
+        c for c in range(1, max(1, min(chunks, config.cycles)) + 1) if config.cycles % c == 0
+    )
     size = config.cycles // chunks
 
     def chunk(E, y_chunk, first, t0):
         return assimilate(model, observation, method, y_chunk, E, k_da, t0=t0, first_cycle=first)
 
     start = time.perf_counter()
-    compiled = (
-        jax.jit(chunk)
-        .lower(E0, y[:size], jnp.asarray(0), jnp.asarray(0.0))
-        .compile()
-    )
+    compiled = jax.jit(chunk).lower(E0, y[:size], jnp.asarray(0), jnp.asarray(0.0)).compile()
     compile_seconds = time.perf_counter() - start
 
     if progress is None:

@@ -20,9 +20,28 @@ def _last_json(capsys):
 
 
 def test_twin_json_line_has_the_promised_keys_and_a_sane_rmse(capsys):
-    main(["twin", "--method", "etkf", "--ensemble-size", "20", "--inflation", "1.02", "--json", *QUICK])
+    main(
+        [
+            "twin",
+            "--method",
+            "etkf",
+            "--ensemble-size",
+            "20",
+            "--inflation",
+            "1.02",
+            "--json",
+            *QUICK,
+        ]
+    )
     result = _last_json(capsys)
-    for key in ("rmse_analysis", "rmse_forecast", "spread_analysis", "seconds_per_cycle", "compile_seconds", "cycles"):
+    for key in (
+        "rmse_analysis",
+        "rmse_forecast",
+        "spread_analysis",
+        "seconds_per_cycle",
+        "compile_seconds",
+        "cycles",
+    ):
         assert key in result
     assert result["cycles"] == 300
     # Observation error std is 1: a working filter must beat it by far (sakov2008: ~0.18).
@@ -31,7 +50,17 @@ def test_twin_json_line_has_the_promised_keys_and_a_sane_rmse(capsys):
 
 
 def test_same_seed_same_numbers_different_seed_different(capsys):
-    args = ["twin", "--method", "enkf", "--ensemble-size", "20", "--inflation", "1.06", "--json", *QUICK]
+    args = [
+        "twin",
+        "--method",
+        "enkf",
+        "--ensemble-size",
+        "20",
+        "--inflation",
+        "1.06",
+        "--json",
+        *QUICK,
+    ]
     main([*args, "--seed", "3"])
     first = _last_json(capsys)
     main([*args, "--seed", "3"])
@@ -44,15 +73,35 @@ def test_same_seed_same_numbers_different_seed_different(capsys):
 
 def test_out_writes_netcdf_figures_and_json_consistent_with_metrics(tmp_path, capsys):
     out = tmp_path / "run"
-    main(["twin", "--method", "letkf", "--ensemble-size", "8", "--inflation", "1.04",
-          "--localisation-radius", "4", "--obs", "every-k", "--obs-every", "2", "--json",
-          "--out", str(out), *QUICK])
+    main(
+        [
+            "twin",
+            "--method",
+            "letkf",
+            "--ensemble-size",
+            "8",
+            "--inflation",
+            "1.04",
+            "--localisation-radius",
+            "4",
+            "--obs",
+            "every-k",
+            "--obs-every",
+            "2",
+            "--json",
+            "--out",
+            str(out),
+            *QUICK,
+        ]
+    )
     result = _last_json(capsys)
     for name in ("trajectory.nc", "hovmoller.png", "rmse.png", "metrics.json", "config.json"):
         assert (out / name).stat().st_size > 0, name
     trajectory, dataset = load_trajectory(out / "trajectory.nc")
     # Recompute the headline number from the saved file: the file holds what was reported.
-    rmse = metrics.time_average(metrics.rmse(dataset["truth"].values, trajectory.analysis_mean), 100)
+    rmse = metrics.time_average(
+        metrics.rmse(dataset["truth"].values, trajectory.analysis_mean), 100
+    )
     assert float(rmse) == pytest.approx(result["rmse_analysis"], rel=1e-12)
     assert dataset["observations"].shape == (300, 20)
     assert json.loads((out / "config.json").read_text())["localisation_radius"] == 4.0
@@ -60,9 +109,26 @@ def test_out_writes_netcdf_figures_and_json_consistent_with_metrics(tmp_path, ca
 
 @pytest.mark.parametrize(
     ("model", "extra"),
-    [("lorenz63", ["--obs", "all", "--ensemble-size", "10", "--inflation", "1.02"]),
-     ("lorenz96-two-scale", ["--n", "8", "--obs", "random", "--obs-count", "40", "--ensemble-size", "20",
-                             "--inflation", "1.05", "--steps-per-cycle", "10"])],
+    [
+        ("lorenz63", ["--obs", "all", "--ensemble-size", "10", "--inflation", "1.02"]),
+        (
+            "lorenz96-two-scale",
+            [
+                "--n",
+                "8",
+                "--obs",
+                "random",
+                "--obs-count",
+                "40",
+                "--ensemble-size",
+                "20",
+                "--inflation",
+                "1.05",
+                "--steps-per-cycle",
+                "10",
+            ],
+        ),
+    ],
 )
 def test_other_models_run_and_beat_the_observation_error(model, extra, capsys):
     main(["twin", "--model", model, "--method", "etkf", "--json", *extra, *QUICK])
@@ -100,6 +166,9 @@ def test_bad_flags_exit_with_a_message_naming_the_flag(argv, message, capsys):
 
 def test_python_dash_m_entry_point():
     done = subprocess.run(
-        [sys.executable, "-m", "hybridda", "twin", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "hybridda", "twin", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "--localisation-radius" in done.stdout

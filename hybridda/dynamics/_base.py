@@ -44,4 +44,3 @@ class AbstractDynamics(eqx.Module):
     def __call__(self, t, x, args=None):
         """Alias of `tendency`, so a dynamics is a `diffrax.ODETerm` vector field."""
         return self.tendency(t, x, args)
-

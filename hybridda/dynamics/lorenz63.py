@@ -38,5 +38,3 @@ class Lorenz63(AbstractDynamics):
 
     def default_initial_state(self) -> Float[Array, " 3"]:
         return jnp.array([1.509, -1.531, 25.46])
-
-

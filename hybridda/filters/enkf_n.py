@@ -19,7 +19,8 @@ class EnKFN(AbstractEnsembleFilter):
     adaptive inflation. In the dual form one minimises over the inflation ``λ`` (written
     ``l1`` in DAPPER)
 
-    $$\mathcal{D}(λ) = \sum_i \frac{u_i^2 / s_i^2}{λ^2 s_i^2 + N-1} + \frac{ε_N}{λ^2} + c_L \log λ^2,$$
+    $$\mathcal{D}(λ) = \sum_i \frac{u_i^2 / s_i^2}{λ^2 s_i^2 + N-1}
+                      + \frac{ε_N}{λ^2} + c_L \log λ^2,$$
 
     with ``s_i²`` the eigenvalues of ``S Sᵀ`` and ``u = Vᵀ S d``, then runs the ETKF with
     anomalies inflated by ``λ``. ``ε_N = (N+1)/N`` and ``c_L = (N+g)/(N-1)`` are

@@ -29,7 +29,9 @@ class AbstractInflation(eqx.Module):
         return E
 
     @abc.abstractmethod
-    def posterior(self, E_prior: Float[Array, "N n"], E_analysis: Float[Array, "N n"]) -> Float[Array, "N n"]:
+    def posterior(
+        self, E_prior: Float[Array, "N n"], E_analysis: Float[Array, "N n"]
+    ) -> Float[Array, "N n"]:
         """Inflate the analysis ensemble, knowing the prior."""
 
 

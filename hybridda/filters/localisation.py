@@ -34,7 +34,12 @@ class GaspariCohn(AbstractTaper):
         inner = 1 + r**2 * (-(r**3) / 4 + r**2 / 2) + r**3 * (5 / 8) - r**2 * (5 / 3)
         safe = jnp.where(r > 0, r, 1.0)
         outer = (
-            r**2 * (r**3 / 12 - r**2 / 2) + r**3 * (5 / 8) + r**2 * (5 / 3) - 5 * r + 4 - (2 / 3) / safe
+            r**2 * (r**3 / 12 - r**2 / 2)
+            + r**3 * (5 / 8)
+            + r**2 * (5 / 3)
+            - 5 * r
+            + 4
+            - (2 / 3) / safe
         )
         return jnp.where(r <= 1, inner, jnp.where(r <= 2, outer, 0.0))
 
@@ -53,7 +58,9 @@ class Step(AbstractTaper):
         return jnp.where(distance <= radius, 1.0, 0.0)
 
 
-def periodic_distance(a: Float[Array, " m"], b: Float[Array, " k"], period: float) -> Float[Array, "m k"]:
+def periodic_distance(
+    a: Float[Array, " m"], b: Float[Array, " k"], period: float
+) -> Float[Array, "m k"]:
     """Pairwise distances on a circle of length `period` (``inf``: the real line)."""
     d = jnp.abs(a[:, None] - b[None, :])
     if math.isinf(period):
