@@ -41,7 +41,9 @@ def rank_histogram(
 ) -> Int[Array, " N+1"]:
     """Counts of the truth's rank among the members, over all times and variables.
 
-    A flat histogram indicates a reliable ensemble (Anderson 1996; Hamill 2001).
+    A flat histogram indicates a reliable ensemble (Anderson 1996; Hamill 2001). Ties
+    (a member equal to the truth) count as the member lying above the truth; they only
+    occur with discrete data.
     """
     members = ensemble.shape[-2]
     ranks = jnp.sum(ensemble < truth[..., None, :], axis=-2).reshape(-1)

@@ -78,7 +78,10 @@ class GaussianError(AbstractObservationError):
 
     def whiten(self, innovation, mask):
         std = jnp.broadcast_to(self._std(innovation.shape[-1]), innovation.shape)
-        return jnp.where(jnp.broadcast_to(mask, innovation.shape), innovation / std, 0.0)
+        full_mask = jnp.broadcast_to(mask, innovation.shape)
+        # Zero the missing (NaN) entries before dividing: where() hides a NaN in the
+        # value but not in the gradient with respect to std.
+        return jnp.where(full_mask, jnp.where(full_mask, innovation, 0.0) / std, 0.0)
 
     def covariance(self, obs_size):
         return jnp.diag(self._std(obs_size) ** 2)
@@ -229,7 +232,7 @@ def every_kth(
     """Every `k`-th variable, starting at `offset`."""
     if k < 1 or not 0 <= offset < state_size:
         raise ValueError(
-            f"`obs_every` (k) must be >= 1 and offset in [0, n), got k={k}, offset={offset}."
+            f"`k` (--obs-every) must be >= 1 and `offset` in [0, n), got k={k}, offset={offset}."
         )
     return IndexObservation(np.arange(offset, state_size, k), state_size, error)
 

@@ -1,7 +1,28 @@
-"""Ensemble-space linear algebra shared by the square-root filters."""
+"""Ensemble-space linear algebra shared by the square-root filters.
 
+The symmetric square root ``C^{-1/2}`` of the small (N × N) ensemble-space matrix is
+the ETKF family's main cost. `inverse_sqrt_spd` computes it with the coupled
+Newton-Schulz iteration (matrix products only: on CPU 2-3× faster than `eigh` at N=24)
+and differentiates it with an eigenvalue formula that has no ``1/(λi - λj)`` terms, so
+gradients stay finite when eigenvalues repeat (sparse observations), where
+differentiating through `jnp.linalg.eigh` gives NaN.
+"""
+
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
+
+# Below this size a batched product is faster as an unrolled sum of broadcasts than as
+# XLA's batched dot, which loops over tiny GEMM calls on CPU.
+_UNROLL_MAX = 8
+_MAX_ITERATIONS = 64
+
+
+def _matmul(A, B):
+    n = A.shape[-1]
+    if A.ndim > 2 and n <= _UNROLL_MAX:
+        return sum(A[..., :, k, None] * B[..., None, k, :] for k in range(n))
+    return A @ B
 
 
 def symmetric_eig(matrix: Float[Array, "*b N N"]):
@@ -10,11 +31,64 @@ def symmetric_eig(matrix: Float[Array, "*b N N"]):
     return jnp.linalg.eigh(sym, symmetrize_input=False)
 
 
-def transform_from_eig(eigenvalues, eigenvectors, projected, scale):
-    """Given ``C = V diag(λ) V^T``, return ``w = C^{-1} projected`` and ``T = √scale C^{-1/2}``.
+@jax.custom_jvp
+def inverse_sqrt_spd(C: Float[Array, "*b N N"]) -> Float[Array, "*b N N"]:
+    """Symmetric inverse square root ``C^{-1/2}`` of symmetric positive-definite matrices.
 
-    Used by the ETKF family: ``C = S Sᵀ + (N-1) I`` (Hunt et al. 2007, eqs. 21-24).
+    Coupled Newton-Schulz iteration (Higham 2008, *Functions of Matrices*, eq. 6.35) on
+    ``C / c`` with ``c`` = max absolute row sum ≥ the spectral radius, run until
+    ``max |I - Z Y| < 10 N ε``; quadratic convergence, about 5 iterations for the
+    well-conditioned matrices of cycled DA, at most 64 (condition numbers up to ~1e12
+    in float64).
     """
+    n = C.shape[-1]
+    eye = jnp.eye(n, dtype=C.dtype)
+    scale = jnp.max(jnp.sum(jnp.abs(C), axis=-1), axis=-1)[..., None, None]
+    tolerance = 10 * n * jnp.finfo(C.dtype).eps
+
+    def not_converged(state):
+        iteration, _, _, residual = state
+        return (residual > tolerance) & (iteration < _MAX_ITERATIONS)
+
+    def step(state):
+        iteration, Y, Z, _ = state
+        M = 1.5 * eye - 0.5 * _matmul(Z, Y)
+        return iteration + 1, _matmul(Y, M), _matmul(M, Z), jnp.max(jnp.abs(M - eye))
+
+    start = (0, C / scale, jnp.broadcast_to(eye, C.shape), jnp.asarray(jnp.inf, C.dtype))
+    _, _, Z, _ = jax.lax.while_loop(not_converged, step, start)
+    Z = 0.5 * (Z + jnp.swapaxes(Z, -1, -2))
+    return Z / jnp.sqrt(scale)
+
+
+@inverse_sqrt_spd.defjvp
+def _inverse_sqrt_spd_jvp(primals, tangents):
+    # With C = V diag(λ) Vᵀ and r = √λ: Y = C^{1/2} solves Y dY + dY Y = dC, and
+    # d(C^{-1/2}) = -C^{-1/2} dY C^{-1/2}, i.e. in the eigenbasis
+    # dZ'_ij = -dC'_ij / (r_i r_j (r_i + r_j)): no eigenvalue differences.
+    (C,), (dC,) = primals, tangents
+    Z = inverse_sqrt_spd(C)
+    eigenvalues, V = symmetric_eig(C)
+    r = jnp.sqrt(eigenvalues)
+    Vt = jnp.swapaxes(V, -1, -2)
+    denominator = r[..., :, None] * r[..., None, :] * (r[..., :, None] + r[..., None, :])
+    dZ = V @ (-(Vt @ dC @ V) / denominator) @ Vt
+    return Z, dZ
+
+
+def ensemble_transform(C, projected, scale):
+    """``w = C⁻¹ projected`` and ``T = √scale C^{-1/2}`` for SPD ``C`` (batched).
+
+    The ETKF family's analysis in ensemble space: ``C = S Sᵀ + (N-1) I``
+    (Hunt et al. 2007, eqs. 21-24).
+    """
+    Z = inverse_sqrt_spd(C)
+    weights = (_matmul(Z, _matmul(Z, projected[..., None])))[..., 0]
+    return weights, jnp.sqrt(scale) * Z
+
+
+def transform_from_eig(eigenvalues, eigenvectors, projected, scale):
+    """As [`ensemble_transform`][] from ``C = V diag(λ) Vᵀ`` (when λ is needed anyway)."""
     V = eigenvectors
     weights = V @ ((V.swapaxes(-1, -2) @ projected[..., None])[..., 0] / eigenvalues)[..., None]
     transform = (V * (scale / eigenvalues)[..., None, :] ** 0.5) @ V.swapaxes(-1, -2)

@@ -1,10 +1,11 @@
 """Ensemble transform Kalman filter with the symmetric square root."""
 
+import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ..observe import AbstractObservation
 from ._base import AbstractEnsembleFilter, ensemble_innovations
-from ._util import symmetric_eig, transform_from_eig
+from ._util import ensemble_transform
 from .inflation import AbstractInflation, NoInflation
 
 
@@ -40,6 +41,6 @@ class ETKF(AbstractEnsembleFilter):
         S, d = stats.obs_anomalies, stats.innovation
         N1 = E.shape[0] - 1
         # C = S Sᵀ + (N-1) I, the inverse analysis covariance in ensemble space.
-        eigenvalues, V = symmetric_eig(S @ S.T)
-        weights, T = transform_from_eig(eigenvalues + N1, V, S @ d, N1)
+        C = S @ S.T + N1 * jnp.eye(E.shape[0])
+        weights, T = ensemble_transform(C, S @ d, N1)
         return stats.mean[None, :] + (weights[None, :] + T) @ stats.anomalies

@@ -5,7 +5,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ..observe import AbstractObservation
 from ._base import AbstractEnsembleFilter, ensemble_innovations
-from ._util import symmetric_eig, transform_from_eig
+from ._util import ensemble_transform
 from .inflation import AbstractInflation, NoInflation
 from .localisation import Localisation
 
@@ -46,10 +46,9 @@ class LETKF(AbstractEnsembleFilter):
         N1 = E.shape[0] - 1
         rho = self.localisation.state_to_obs(observation)  # (n, p) taper of R⁻¹
         # Local C_i = S diag(ρ_i) Sᵀ + (N-1) I for every state variable i: (n, N, N).
-        local = jnp.einsum("ap,ip,bp->iab", S, rho, S)
+        C = jnp.einsum("ap,ip,bp->iab", S, rho, S) + N1 * jnp.eye(E.shape[0])[None]
         projected = (rho * d[None, :]) @ S.T  # (n, N): S diag(ρ_i) d
-        eigenvalues, V = symmetric_eig(local)
-        weights, T = transform_from_eig(eigenvalues + N1, V, projected, N1)  # (n,N), (n,N,N)
+        weights, T = ensemble_transform(C, projected, N1)  # (n, N), (n, N, N)
         # Member m, variable i: x̄_i + Σ_k (w_ik + T_imk) A_ki.
         increments = jnp.einsum("ik,ki->i", weights, stats.anomalies)[None, :] + jnp.einsum(
             "imk,ki->mi", T, stats.anomalies
