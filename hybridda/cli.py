@@ -71,6 +71,7 @@ def _config_from_args(args) -> TwinConfig:
         method=args.method,
         ensemble_size=args.ensemble_size,
         inflation=args.inflation,
+        hyperprior_boost=args.hyperprior_boost,
         localisation_radius=args.localisation_radius,
         background_scale=args.background_scale,
         cycles=args.cycles,

@@ -64,6 +64,7 @@ class TwinConfig:
     method: str = "etkf"
     ensemble_size: int = 24
     inflation: float = 1.0
+    hyperprior_boost: float = 1.0
     localisation_radius: float | None = None
     background_scale: float = 0.02
     cycles: int = 4000
@@ -80,6 +81,8 @@ class TwinConfig:
             raise ValueError(f"`--ensemble-size` must be >= 2, got {self.ensemble_size}.")
         if not self.inflation > 0:
             raise ValueError(f"`--inflation` must be > 0 (1.0: none), got {self.inflation}.")
+        if not self.hyperprior_boost > 0:
+            raise ValueError(f"`--hyperprior-boost` must be > 0, got {self.hyperprior_boost}.")
         if self.localisation_radius is not None and not self.localisation_radius > 0:
             raise ValueError(
                 f"`--localisation-radius` must be > 0 (grid units), got {self.localisation_radius}."
@@ -145,7 +148,7 @@ def build_method(
     if config.method == "etkf":
         return ETKF(inflation=inflation)
     if config.method == "enkf-n":
-        return EnKFN(inflation=inflation)
+        return EnKFN(hyperprior_boost=config.hyperprior_boost, inflation=inflation)
     localisation = None
     if config.localisation_radius is not None:
         localisation = Localisation(

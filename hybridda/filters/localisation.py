@@ -7,10 +7,11 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ..observe import AbstractObservation
+from ..observe import AbstractObservation, GaussianError
 
-# Gaspari-Cohn half-width per unit of `radius`: makes the taper equal exp(-1/2) at
-# distance = radius, as a Gaussian of that length scale (Sakov 2011; DAPPER rounds to 1.82).
+# Gaspari-Cohn half-width per unit of `radius`: the taper then has the curvature at 0 of
+# a Gaussian exp(-d²/2 radius²) (Gaspari and Cohn 1999, eq. 4.10; DAPPER rounds it to
+# 1.82). At distance = radius it is 0.635 (the Gaussian: exp(-1/2) = 0.607).
 _GC_SCALE = math.sqrt(10.0 / 3.0)
 
 
@@ -25,8 +26,9 @@ class AbstractTaper(eqx.Module):
 class GaspariCohn(AbstractTaper):
     """Gaspari and Cohn (1999, eq. 4.10) fifth-order piecewise rational function.
 
-    Compact support ``2 c`` with half-width ``c = radius √(10/3)``, so that the taper
-    is ``exp(-1/2)`` at ``distance = radius`` (the convention of Sakov 2011 and DAPPER).
+    Compact support ``2 c`` with half-width ``c = radius √(10/3)``, so that near 0 it
+    matches the Gaussian ``exp(-d² / 2 radius²)`` (the convention of DAPPER, whose
+    ``loc_rad`` is this `radius`); at ``distance = radius`` the taper is 0.635.
     """
 
     def __call__(self, distance, radius):
@@ -41,7 +43,8 @@ class GaspariCohn(AbstractTaper):
             + 4
             - (2 / 3) / safe
         )
-        return jnp.where(r <= 1, inner, jnp.where(r <= 2, outer, 0.0))
+        taper = jnp.where(r <= 1, inner, jnp.where(r <= 2, outer, 0.0))
+        return jnp.clip(taper, 0.0, 1.0)  # round-off near the support's edge: -5e-16
 
 
 class Gaussian(AbstractTaper):
@@ -112,12 +115,25 @@ class Localisation(eqx.Module):
 
     def state_to_obs(self, observation: AbstractObservation) -> Float[Array, "n p"]:
         """Taper between every state variable and every observation."""
+        _require_uncorrelated(observation)
         coordinates, period = self._geometry(observation.state_size)
         where = observation.locations(coordinates)
         return self._taper(periodic_distance(coordinates, where, period))
 
     def obs_to_obs(self, observation: AbstractObservation) -> Float[Array, "p p"]:
         """Taper between pairs of observations."""
+        _require_uncorrelated(observation)
         coordinates, period = self._geometry(observation.state_size)
         where = observation.locations(coordinates)
         return self._taper(periodic_distance(where, where, period))
+
+
+def _require_uncorrelated(observation: AbstractObservation) -> None:
+    # Tapering R⁻¹ (LETKF) or Schur products with whitened anomalies (EnKF) are only
+    # local when R is diagonal.
+    if not isinstance(observation.error, GaussianError):
+        raise ValueError(
+            "Localisation needs uncorrelated observation errors (GaussianError with a "
+            f"scalar or per-observation std), got {type(observation.error).__name__}; "
+            "decorrelate the observations first or use a global filter."
+        )
