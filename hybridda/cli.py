@@ -35,6 +35,9 @@ def _twin_parser(sub) -> None:
         "--localisation-radius", type=float, default=None, help="grid units (LETKF, EnKF)"
     )
     p.add_argument(
+        "--hyperprior-boost", type=float, default=d.hyperprior_boost, help="EnKF-N: xN (1 or 2)"
+    )
+    p.add_argument(
         "--background-scale",
         type=float,
         default=d.background_scale,

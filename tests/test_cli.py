@@ -154,6 +154,7 @@ def test_3dvar_from_the_command_line(capsys):
         (["--method", "letkf"], "localisation-radius"),
         (["--method", "letkf", "--localisation-radius", "-1"], "localisation-radius"),
         (["--obs-std", "0"], "obs-std"),
+        (["--method", "enkf-n", "--hyperprior-boost", "0"], "hyperprior-boost"),
         (["--burn-in", "400", "--cycles", "300"], "burn-in"),
     ],
 )
