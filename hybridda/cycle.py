@@ -51,6 +51,31 @@ class Trajectory(eqx.Module):
     def cycles(self) -> int:
         return self.times.shape[0]
 
+    @classmethod
+    def from_xarray(cls, dataset) -> "Trajectory":
+        """Inverse of `to_xarray` (e.g. on `hybridda.io.load_netcdf(path)`)."""
+        missing = [
+            name
+            for name in ("forecast_mean", "analysis_mean", "forecast_spread", "analysis_spread")
+            if name not in dataset
+        ]
+        if missing:
+            raise ValueError(f"The dataset is not a hybridda trajectory: it lacks {missing}.")
+
+        def field(name):
+            return jnp.asarray(dataset[name].values) if name in dataset else None
+
+        return cls(
+            times=jnp.asarray(dataset["time"].values),
+            forecast_mean=field("forecast_mean"),
+            analysis_mean=field("analysis_mean"),
+            forecast_spread=field("forecast_spread"),
+            analysis_spread=field("analysis_spread"),
+            final_ensemble=field("final_ensemble"),
+            forecast_ensemble=field("forecast_ensemble"),
+            analysis_ensemble=field("analysis_ensemble"),
+        )
+
     @staticmethod
     def concatenate(parts: "list[Trajectory]") -> "Trajectory":
         """Join trajectories of consecutive chunks of cycles (the last final ensemble wins)."""

@@ -45,30 +45,17 @@ def save_netcdf(dataset: xr.Dataset, path: str | Path) -> Path:
     return path
 
 
-def load_trajectory(path: str | Path):
-    """Read a netCDF file written by [`save_netcdf`][] back into a `Trajectory`.
+def load_netcdf(path: str | Path) -> xr.Dataset:
+    """Read a netCDF file (e.g. one written by [`save_netcdf`][]) into memory.
 
-    Returns ``(trajectory, dataset)`` so truth and observations stay reachable.
+    `Trajectory.from_xarray` turns it back into a trajectory.
     """
-    import jax.numpy as jnp
-
-    from .cycle import Trajectory
-
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"No trajectory file at {path}; pass the path of a .nc file.")
-    dataset = xr.load_dataset(path)
-    optional = {
-        name: jnp.asarray(dataset[name].values) if name in dataset else None
-        for name in ("forecast_ensemble", "analysis_ensemble")
-    }
-    trajectory = Trajectory(
-        times=jnp.asarray(dataset["time"].values),
-        forecast_mean=jnp.asarray(dataset["forecast_mean"].values),
-        analysis_mean=jnp.asarray(dataset["analysis_mean"].values),
-        forecast_spread=jnp.asarray(dataset["forecast_spread"].values),
-        analysis_spread=jnp.asarray(dataset["analysis_spread"].values),
-        final_ensemble=jnp.asarray(dataset["final_ensemble"].values),
-        **optional,
-    )
-    return trajectory, dataset
+        raise FileNotFoundError(f"No netCDF file at {path}; pass the path of a .nc file.")
+    try:
+        return xr.load_dataset(path)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"Cannot read {path} as netCDF ({error}); the file is corrupt or not netCDF."
+        ) from error

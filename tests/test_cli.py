@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from hybridda import metrics
+from hybridda import Trajectory, metrics
 from hybridda.cli import main
-from hybridda.io import load_trajectory
+from hybridda.io import load_netcdf
 
 QUICK = ["--cycles", "300", "--burn-in", "100", "--no-progress"]
 
@@ -97,7 +97,8 @@ def test_out_writes_netcdf_figures_and_json_consistent_with_metrics(tmp_path, ca
     result = _last_json(capsys)
     for name in ("trajectory.nc", "hovmoller.png", "rmse.png", "metrics.json", "config.json"):
         assert (out / name).stat().st_size > 0, name
-    trajectory, dataset = load_trajectory(out / "trajectory.nc")
+    dataset = load_netcdf(out / "trajectory.nc")
+    trajectory = Trajectory.from_xarray(dataset)
     # Recompute the headline number from the saved file: the file holds what was reported.
     rmse = metrics.time_average(
         metrics.rmse(dataset["truth"].values, trajectory.analysis_mean), 100
@@ -173,3 +174,12 @@ def test_python_dash_m_entry_point():
         check=True,
     )
     assert "--localisation-radius" in done.stdout
+
+
+def test_missing_or_corrupt_trajectory_file_gives_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No netCDF file"):
+        load_netcdf(tmp_path / "absent.nc")
+    corrupt = tmp_path / "corrupt.nc"
+    corrupt.write_bytes(b"this is not netCDF")
+    with pytest.raises(ValueError, match="corrupt or not netCDF"):
+        load_netcdf(corrupt)
