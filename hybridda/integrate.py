@@ -49,6 +49,10 @@ class Resolvent(eqx.Module):
       solvers (`diffrax.Tsit5()`, `diffrax.Dopri5()`) switch on a PID step-size
       controller with tolerances `rtol`, `atol`.
     - `max_steps`: step budget for adaptive solvers.
+    - `adjoint`: how diffrax differentiates the solve. Default: `diffrax.DirectAdjoint()`
+      for fixed steps (supports forward mode, `jax.jvp`, which tangent-linear models
+      and Gauss-Newton need, as well as reverse mode), and
+      `diffrax.RecursiveCheckpointAdjoint()` for adaptive solvers (reverse mode only).
 
     The cycle length is ``dt * steps_per_cycle``. Works under `jit`, `vmap` and `grad`.
     """
@@ -60,6 +64,7 @@ class Resolvent(eqx.Module):
     rtol: float = eqx.field(static=True, default=1e-6)
     atol: float = eqx.field(static=True, default=1e-8)
     max_steps: int = eqx.field(static=True, default=4096)
+    adjoint: diffrax.AbstractAdjoint | None = None
 
     def __check_init__(self):
         require_positive("dt", self.dt, "Pass the integration step, e.g. dt=0.05.")
@@ -89,6 +94,10 @@ class Resolvent(eqx.Module):
             grid = self.dt * np.arange(self.steps_per_cycle + 1)
             controller = diffrax.StepTo(ts=grid)
             t1, dt0, max_steps = float(grid[-1]), None, self.steps_per_cycle
+        adjoint = self.adjoint
+        if adjoint is None:
+            adaptive = _is_adaptive(self.solver)
+            adjoint = diffrax.RecursiveCheckpointAdjoint() if adaptive else diffrax.DirectAdjoint()
         solution = diffrax.diffeqsolve(
             term,
             self.solver,
@@ -99,6 +108,7 @@ class Resolvent(eqx.Module):
             stepsize_controller=controller,
             saveat=diffrax.SaveAt(t1=True),
             max_steps=max_steps,
+            adjoint=adjoint,
         )
         return solution.ys[0]
 

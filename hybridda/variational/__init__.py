@@ -1,7 +1,23 @@
 """Variational DA: cost functionals as modules, minimisers separate."""
 
+from .costs import StrongFourDVar as StrongFourDVar
 from .costs import ThreeDVarCost as ThreeDVarCost
+from .costs import WeakFourDVar as WeakFourDVar
+from .solve import MinimiseResult as MinimiseResult
+from .solve import gauss_newton as gauss_newton
+from .solve import incremental as incremental
+from .solve import quasi_newton as quasi_newton
 from .var3d import Var3D as Var3D
 from .var3d import climatological_covariance as climatological_covariance
 
-__all__ = ["ThreeDVarCost", "Var3D", "climatological_covariance"]
+__all__ = [
+    "MinimiseResult",
+    "StrongFourDVar",
+    "ThreeDVarCost",
+    "Var3D",
+    "WeakFourDVar",
+    "climatological_covariance",
+    "gauss_newton",
+    "incremental",
+    "quasi_newton",
+]

@@ -1,12 +1,18 @@
 """Variational cost functionals as modules: ``J(control) -> scalar`` and its pieces."""
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Int
 
 from .._checks import as_float_array, require_spd
-from ..observe import AbstractObservation, observed_mask
+from ..observe import AbstractObservation, check_observations, observed_mask
+
+
+def _whitened_by(covariance, vector):
+    """``L⁻¹ v`` with ``L Lᵀ = covariance``: ``½‖·‖²`` is the Mahalanobis term."""
+    return jsl.solve_triangular(jnp.linalg.cholesky(covariance), vector, lower=True)
 
 
 class ThreeDVarCost(eqx.Module):
@@ -28,17 +34,216 @@ class ThreeDVarCost(eqx.Module):
     def __check_init__(self):
         require_spd("background_covariance (B)", self.background_covariance)
 
+    def background_residual(self, x: Float[Array, " n"]) -> Float[Array, " n"]:
+        return _whitened_by(self.background_covariance, x - self.background)
+
+    def observation_residual(self, x: Float[Array, " n"]) -> Float[Array, " p"]:
+        mask = observed_mask(self.y)
+        innovation = jnp.where(mask, self.y - self.observation(x), 0.0)
+        return self.observation.error.whiten(innovation, mask)
+
+    def residuals(self, x: Float[Array, " n"]) -> Float[Array, " m"]:
+        """Whitened residuals ``r`` with ``J = ½‖r‖²`` (for Gauss-Newton)."""
+        return jnp.concatenate([self.background_residual(x), self.observation_residual(x)])
+
     def background_term(self, x: Float[Array, " n"]) -> Float[Array, ""]:
         """``½ (x - x_b)ᵀ B⁻¹ (x - x_b)``."""
-        factor = jnp.linalg.cholesky(self.background_covariance)
-        white = jsl.solve_triangular(factor, x - self.background, lower=True)
-        return 0.5 * jnp.sum(white**2)
+        return 0.5 * jnp.sum(self.background_residual(x) ** 2)
 
     def observation_term(self, x: Float[Array, " n"]) -> Float[Array, ""]:
         """``½ (y - H x)ᵀ R⁻¹ (y - H x)`` over the observed entries."""
-        mask = observed_mask(self.y)
-        innovation = jnp.where(mask, self.y - self.observation(x), 0.0)
-        return 0.5 * jnp.sum(self.observation.error.whiten(innovation, mask) ** 2)
+        return 0.5 * jnp.sum(self.observation_residual(x) ** 2)
 
     def __call__(self, x: Float[Array, " n"]) -> Float[Array, ""]:
         return self.background_term(x) + self.observation_term(x)
+
+
+class StrongFourDVar(eqx.Module):
+    r"""Strong-constraint 4D-Var over a window of ``L`` cycles; control: the initial state.
+
+    $$J(x_0) = \tfrac12\|x_0 - x_b\|^2_{B^{-1}}
+              + \tfrac12\sum_{k=1}^{L}\|y_k - H_k(M^k(x_0))\|^2_{R^{-1}}$$
+
+    ``x_0`` is the state at the window start `t0`; ``y_k = y[k-1]`` observes the state
+    after ``k`` cycles with ``observation.at_cycle(first_cycle + k - 1)`` (the convention
+    of [`hybridda.assimilate`][]). NaN entries are unobserved. ``J = ½‖r(x_0)‖²`` with
+    the whitened residuals [`residuals`][], which Gauss-Newton uses.
+
+    **Arguments:**
+
+    - `model`: the resolvent (one cycle), e.g. [`hybridda.Resolvent`][].
+    - `observation`: operator and error model; `y`: observations ``(L, p)``.
+    - `background`: ``x_b``; `background_covariance`: ``B``.
+    - `t0`, `first_cycle`: time and global cycle index of the window start.
+    """
+
+    model: eqx.Module
+    observation: AbstractObservation
+    y: Float[Array, "L p"]
+    background: Float[Array, " n"]
+    background_covariance: Float[Array, "n n"] = eqx.field(converter=as_float_array)
+    t0: float | Float[Array, ""] = 0.0
+    first_cycle: int | Int[Array, ""] = 0
+
+    def __check_init__(self):
+        _check_window(self.y, self.observation, self.background)
+        require_spd("background_covariance (B)", self.background_covariance)
+
+    @property
+    def window(self) -> int:
+        return self.y.shape[0]
+
+    def trajectory(self, x0: Float[Array, " n"]) -> Float[Array, "L n"]:
+        """``M^k(x_0)`` for ``k = 1..L``."""
+        return _forecast(self.model, x0, None, self.window, self.t0)
+
+    def background_residual(self, x0: Float[Array, " n"]) -> Float[Array, " n"]:
+        return _whitened_by(self.background_covariance, x0 - self.background)
+
+    def whiten_control(self, x0: Float[Array, " n"]) -> Float[Array, " n"]:
+        """Control-variable transform ``v = B^{-1/2}(x0 - x_b)`` (preconditioning)."""
+        return self.background_residual(x0)
+
+    def colour_control(self, v: Float[Array, " n"]) -> Float[Array, " n"]:
+        """Inverse of `whiten_control`: ``x0 = x_b + B^{1/2} v``."""
+        return self.background + jnp.linalg.cholesky(self.background_covariance) @ v
+
+    def observation_residuals(self, states: Float[Array, "L n"]) -> Float[Array, "L p"]:
+        """Whitened ``y_k - H_k(x_k)`` (zero where unobserved)."""
+        return _observation_residuals(self.observation, self.y, states, self.first_cycle)
+
+    def residuals(self, x0: Float[Array, " n"]) -> Float[Array, " m"]:
+        return jnp.concatenate(
+            [self.background_residual(x0), self.observation_residuals(self.trajectory(x0)).ravel()]
+        )
+
+    def background_term(self, x0: Float[Array, " n"]) -> Float[Array, ""]:
+        return 0.5 * jnp.sum(self.background_residual(x0) ** 2)
+
+    def observation_term(self, x0: Float[Array, " n"]) -> Float[Array, ""]:
+        return 0.5 * jnp.sum(self.observation_residuals(self.trajectory(x0)) ** 2)
+
+    def __call__(self, x0: Float[Array, " n"]) -> Float[Array, ""]:
+        return 0.5 * jnp.sum(self.residuals(x0) ** 2)
+
+
+class WeakFourDVar(eqx.Module):
+    r"""Weak-constraint 4D-Var; control: initial state and model-error forcings.
+
+    The model is ``x_k = M(x_{k-1}) + η_k`` with ``η_k ~ N(0, Q)``, and
+
+    $$J(x_0, η) = \tfrac12\|x_0 - x_b\|^2_{B^{-1}} + \tfrac12\sum_k \|η_k\|^2_{Q^{-1}}
+                 + \tfrac12\sum_k\|y_k - H_k(x_k)\|^2_{R^{-1}}.$$
+
+    The control is the pair ``(x0, forcing)`` with ``forcing`` of shape ``(L, n)``
+    (Trémolet 2006, the "model-error forcing" formulation; the state-trajectory control
+    is the change of variables ``x_k``). As ``Q → 0`` the minimiser tends to the
+    strong-constraint one. Same conventions as [`StrongFourDVar`][].
+
+    **Arguments:** as `StrongFourDVar`, plus `model_error_covariance` ``Q`` (n × n, SPD).
+    """
+
+    model: eqx.Module
+    observation: AbstractObservation
+    y: Float[Array, "L p"]
+    background: Float[Array, " n"]
+    background_covariance: Float[Array, "n n"] = eqx.field(converter=as_float_array)
+    model_error_covariance: Float[Array, "n n"] = eqx.field(converter=as_float_array)
+    t0: float | Float[Array, ""] = 0.0
+    first_cycle: int | Int[Array, ""] = 0
+
+    def __check_init__(self):
+        _check_window(self.y, self.observation, self.background)
+        require_spd("background_covariance (B)", self.background_covariance)
+        require_spd("model_error_covariance (Q)", self.model_error_covariance)
+
+    @property
+    def window(self) -> int:
+        return self.y.shape[0]
+
+    def initial_control(self, x0: Float[Array, " n"] | None = None):
+        """``(x0, zero forcing)``; `x0` defaults to the background."""
+        x0 = self.background if x0 is None else x0
+        return x0, jnp.zeros((self.window, x0.shape[0]), x0.dtype)
+
+    def trajectory(self, control) -> Float[Array, "L n"]:
+        x0, forcing = control
+        return _forecast(self.model, x0, forcing, self.window, self.t0)
+
+    def background_residual(self, control) -> Float[Array, " n"]:
+        return _whitened_by(self.background_covariance, control[0] - self.background)
+
+    def model_error_residuals(self, control) -> Float[Array, "L n"]:
+        return _whitened_by(self.model_error_covariance, control[1].T).T
+
+    def whiten_control(self, control):
+        """``(B^{-1/2}(x0 - x_b), Q^{-1/2} η)``: the preconditioned control."""
+        return self.background_residual(control), self.model_error_residuals(control)
+
+    def colour_control(self, white):
+        """Inverse of `whiten_control`."""
+        v, zeta = white
+        x0 = self.background + jnp.linalg.cholesky(self.background_covariance) @ v
+        return x0, zeta @ jnp.linalg.cholesky(self.model_error_covariance).T
+
+    def observation_residuals(self, states: Float[Array, "L n"]) -> Float[Array, "L p"]:
+        return _observation_residuals(self.observation, self.y, states, self.first_cycle)
+
+    def residuals(self, control) -> Float[Array, " m"]:
+        return jnp.concatenate(
+            [
+                self.background_residual(control),
+                self.model_error_residuals(control).ravel(),
+                self.observation_residuals(self.trajectory(control)).ravel(),
+            ]
+        )
+
+    def background_term(self, control) -> Float[Array, ""]:
+        return 0.5 * jnp.sum(self.background_residual(control) ** 2)
+
+    def model_error_term(self, control) -> Float[Array, ""]:
+        return 0.5 * jnp.sum(self.model_error_residuals(control) ** 2)
+
+    def observation_term(self, control) -> Float[Array, ""]:
+        return 0.5 * jnp.sum(self.observation_residuals(self.trajectory(control)) ** 2)
+
+    def __call__(self, control) -> Float[Array, ""]:
+        return 0.5 * jnp.sum(self.residuals(control) ** 2)
+
+
+def _check_window(y, observation, background):
+    if y.ndim != 2 or y.shape[0] < 1:
+        raise ValueError(
+            f"`y` must hold the window's observations, shape (window >= 1, p), got {y.shape}."
+        )
+    if y.shape[1] != observation.obs_size:
+        raise ValueError(f"`y` has {y.shape[1]} columns, the operator {observation.obs_size}.")
+    if background.shape != (observation.state_size,):
+        raise ValueError(
+            f"`background` must have shape ({observation.state_size},), got {background.shape}."
+        )
+
+
+def _forecast(model, x0, forcing, window, t0):
+    """States after 1..window cycles, adding ``forcing[k]`` after cycle k if given."""
+
+    def step(x, inputs):
+        k, eta = inputs
+        x = model(x, t0 + k * model.cycle_length)
+        x = x if eta is None else x + eta
+        return x, x
+
+    _, states = jax.lax.scan(step, x0, (jnp.arange(window), forcing))
+    return states
+
+
+def _observation_residuals(observation, y, states, first_cycle):
+    y = check_observations(y)
+
+    def one(k, y_k, x_k):
+        operator = observation.at_cycle(first_cycle + k)
+        mask = observed_mask(y_k)
+        innovation = jnp.where(mask, y_k - operator(x_k), 0.0)
+        return operator.error.whiten(innovation, mask)
+
+    return jax.vmap(one)(jnp.arange(y.shape[0]), y, states)
