@@ -51,6 +51,14 @@ def _twin_parser(sub) -> None:
     p.add_argument("--obs-count", type=int, default=None, help="random: observations per cycle")
     p.add_argument("--obs-every", type=int, default=d.obs_every, help="every-k: k")
     p.add_argument("--obs-std", type=float, default=d.obs_std)
+    p.add_argument("--window", type=int, default=d.window, help="4D-Var: cycles per window")
+    p.add_argument("--outer-loops", type=int, default=d.outer_loops, help="4D-Var outer loops")
+    p.add_argument(
+        "--inner-loops", type=int, default=d.inner_loops, help="4D-Var CG iterations per loop"
+    )
+    p.add_argument(
+        "--model-error-std", type=float, default=d.model_error_std, help="weak-4dvar: Q = std² I"
+    )
     p.add_argument("--cycles", type=int, default=d.cycles)
     p.add_argument("--burn-in", type=int, default=d.burn_in)
     p.add_argument("--seed", type=int, default=0)
@@ -77,6 +85,10 @@ def _config_from_args(args) -> TwinConfig:
         hyperprior_boost=args.hyperprior_boost,
         localisation_radius=args.localisation_radius,
         background_scale=args.background_scale,
+        window=args.window,
+        outer_loops=args.outer_loops,
+        inner_loops=args.inner_loops,
+        model_error_std=args.model_error_std,
         cycles=args.cycles,
         burn_in=args.burn_in,
     )
@@ -100,11 +112,14 @@ def run_twin_command(args) -> dict:
     ]
     print(
         f"{config.model} n={result.truth.shape[1]}  {config.method}"
-        f"{'' if config.method == '3dvar' else f' N={config.ensemble_size}'}  "
+        f"{'' if 'var' in config.method else f' N={config.ensemble_size}'}"
+        f"{f' window={config.window}' if '4dvar' in config.method else ''}  "
         f"{config.cycles} cycles (averages after {config.burn_in})"
     )
     for name, value in rows:
         print(f"  {name:<16} {value:>12}")
+    if m.get("unconverged_windows"):
+        print(f"  {'unconverged':<16} {m['unconverged_windows']:>12} windows (of the minimiser)")
     if not m["finite"]:
         print("  WARNING: the analysis diverged (non-finite values).", file=sys.stderr)
     if args.out is not None:

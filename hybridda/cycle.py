@@ -10,9 +10,9 @@ from typing import Protocol, runtime_checkable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from ._method import AbstractAnalysisMethod
+from ._method import AbstractAnalysisMethod, AbstractWindowMethod
 from .observe import AbstractObservation, check_observations
 
 
@@ -36,6 +36,8 @@ class Trajectory(eqx.Module):
     Arrays have a leading cycle axis ``K``. `forecast_ensemble` / `analysis_ensemble`
     are stored only with ``store_ensembles=True`` (shape ``(K, N, n)``), else ``None``.
     Spread is ``sqrt(mean_i var_i)`` over variables, with the unbiased variance.
+    Window methods ([`assimilate_windows`][]) have one entry per window (at its end) and
+    also fill `costs` (per minimisation iteration) and `converged`.
     """
 
     times: Float[Array, " K"]
@@ -46,6 +48,8 @@ class Trajectory(eqx.Module):
     final_ensemble: Float[Array, "N n"]
     forecast_ensemble: Float[Array, "K N n"] | None = None
     analysis_ensemble: Float[Array, "K N n"] | None = None
+    costs: Float[Array, "K iterations"] | None = None
+    converged: Bool[Array, " K"] | None = None
 
     @property
     def cycles(self) -> int:
@@ -141,6 +145,7 @@ def assimilate(
     t0: float | Float[Array, ""] = 0.0,
     first_cycle: int | Int[Array, ""] = 0,
     store_ensembles: bool = False,
+    checkpoint: int | None = None,
 ) -> Trajectory:
     """Cycle forecast and analysis over the observations `y_seq` (one `lax.scan`).
 
@@ -161,6 +166,15 @@ def assimilate(
     - `key`: PRNG key (folded with the cycle index).
     - `t0`, `first_cycle`: time and index of the first cycle (for chunked runs).
     - `store_ensembles`: also return every forecast and analysis ensemble.
+    - `checkpoint`: ``None`` (default) or a block size ``B`` ≥ 1 for reverse-mode
+      differentiation of long runs. The cycles then run as a `lax.scan` over blocks of
+      ``B`` cycles (plus one shorter block for the remaining ``K mod B`` cycles), each
+      block a `jax.checkpoint`-ed inner `lax.scan`: a gradient keeps only the ensembles
+      at block boundaries and recomputes one block at a time, so its memory is about
+      ``K/B`` ensembles plus the intermediates of ``B`` cycles instead of those of all
+      ``K`` cycles (``B ≈ √K`` minimises it), for one extra forward pass. The numbers
+      are those of ``checkpoint=None`` (the same operations, cycle by cycle); forward
+      runs cost the same.
 
     **Returns:** a [`Trajectory`][].
     """
@@ -175,6 +189,13 @@ def assimilate(
         raise ValueError(
             f"`y_seq` must have shape (cycles, {observation.obs_size}), got {y_seq.shape}."
         )
+    if checkpoint is not None and (
+        isinstance(checkpoint, bool) or not isinstance(checkpoint, int) or checkpoint < 1
+    ):
+        raise ValueError(
+            f"`checkpoint` (cycles per rematerialised block) must be a positive integer or "
+            f"None, got {checkpoint!r}."
+        )
     y_seq = check_observations(y_seq, "y_seq")
     y_seq = eqx.error_if(
         y_seq,
@@ -183,15 +204,16 @@ def assimilate(
     )
     cycles = y_seq.shape[0]
     indices = first_cycle + jnp.arange(cycles)
+    # Start time of each cycle, computed once outside the loop so that every way of
+    # running the loop (blocks, chunks) sees bit-identical times.
+    start_times = t0 + (indices - first_cycle) * model.cycle_length
 
     def step(E, inputs):
-        k, y = inputs  # k: global cycle index
-        time = t0 + (k - first_cycle) * model.cycle_length
+        k, time, y = inputs  # k: global cycle index; time: the cycle's start
         forecast = model.ensemble(E, time)
         cycle_key = jax.random.fold_in(key, k)
         analysis = method.analysis(forecast, y, observation.at_cycle(k), cycle_key)
         out = (
-            time + model.cycle_length,
             forecast.mean(axis=0),
             analysis.mean(axis=0),
             _spread(forecast),
@@ -201,8 +223,116 @@ def assimilate(
             out = out + (forecast, analysis)
         return analysis, out
 
-    final, out = jax.lax.scan(step, init, (indices, y_seq))
-    times, forecast_mean, analysis_mean, forecast_spread, analysis_spread, *ensembles = out
+    inputs = (indices, start_times, y_seq)
+    if checkpoint is None:
+        final, out = jax.lax.scan(step, init, inputs)
+    else:
+        # Blocks of `size` cycles; in the backward pass each block is recomputed from the
+        # ensemble saved at its start (scan already stops CSE, hence prevent_cse=False).
+        size = min(checkpoint, cycles)
+        blocks, remainder = divmod(cycles, size)
+
+        def block(E, block_inputs):
+            return jax.lax.scan(step, E, block_inputs)
+
+        head = jax.tree.map(
+            lambda a: a[: blocks * size].reshape(blocks, size, *a.shape[1:]), inputs
+        )
+        final, out = jax.lax.scan(jax.checkpoint(block, prevent_cse=False), init, head)
+        out = jax.tree.map(lambda a: a.reshape(blocks * size, *a.shape[2:]), out)
+        if remainder:
+            tail = jax.tree.map(lambda a: a[blocks * size :], inputs)
+            final, tail_out = jax.checkpoint(block)(final, tail)
+            out = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out, tail_out)
+    forecast_mean, analysis_mean, forecast_spread, analysis_spread, *ensembles = out
+    return Trajectory(
+        start_times + model.cycle_length,
+        forecast_mean,
+        analysis_mean,
+        forecast_spread,
+        analysis_spread,
+        final,
+        *ensembles,
+    )
+
+
+def assimilate_windows(
+    model: EnsembleModel,
+    observation: AbstractObservation,
+    method: AbstractWindowMethod,
+    y_seq: Float[Array, "K p"],
+    init: Float[Array, "N n"],
+    key: PRNGKeyArray,
+    *,
+    t0: float | Float[Array, ""] = 0.0,
+    first_cycle: int | Int[Array, ""] = 0,
+) -> Trajectory:
+    """Cycle a window method (4D-Var, IEnKS) over `y_seq`, one `lax.scan` over windows.
+
+    The ``K`` cycles are cut into ``K / L`` windows of ``L = method.window`` cycles (``K``
+    must be a multiple of ``L``). Window ``w`` starts from the background `init` (or the
+    previous window's final analysis), assimilates ``y_seq[wL:(w+1)L]`` and hands its
+    window-end analysis to the next window. The returned [`Trajectory`][] has one entry
+    per window, at its end: `forecast_mean` is the background propagated over the window
+    (no observation used), `analysis_mean` the window-end analysis (which has used every
+    observation up to that time, comparable to a filter's analysis). Keys: window ``w``
+    uses ``fold_in(key, first_cycle + wL)``.
+    """
+    L = method.window
+    if init.ndim != 2 or init.shape[0] < method.min_ensemble_size:
+        raise ValueError(
+            f"`init` must have shape (N >= {method.min_ensemble_size}, n) for "
+            f"{type(method).__name__}, got {init.shape}."
+        )
+    if y_seq.ndim != 2 or y_seq.shape[1] != observation.obs_size:
+        raise ValueError(
+            f"`y_seq` must have shape (cycles, {observation.obs_size}), got {y_seq.shape}."
+        )
+    if y_seq.shape[0] % L:
+        raise ValueError(
+            f"The number of cycles ({y_seq.shape[0]}) must be a multiple of the window ({L})."
+        )
+    y_seq = check_observations(y_seq, "y_seq")
+    windows = y_seq.shape[0] // L
+    starts = first_cycle + L * jnp.arange(windows)
+    messages = tuple(
+        f"The cost or analysis of window {w} (cycles {w * L} to {(w + 1) * L - 1} of this "
+        "run) is non-finite; check the observations, covariances and the model's stability."
+        for w in range(windows)
+    )
+    start_times = t0 + L * model.cycle_length * jnp.arange(windows)
+
+    def propagate(E, time):
+        def one(E, k):
+            return model.ensemble(E, time + k * model.cycle_length), None
+
+        return jax.lax.scan(one, E, jnp.arange(L))[0]
+
+    def step(E, inputs):
+        start, time, y_window = inputs
+        forecast = propagate(E, time)
+        result = method.analyse_window(
+            model, observation, E, y_window, time, start, jax.random.fold_in(key, start)
+        )
+        final = eqx.branched_error_if(
+            result.final,
+            ~(jnp.all(jnp.isfinite(result.final)) & jnp.all(jnp.isfinite(result.costs))),
+            (start - first_cycle) // L,
+            messages,
+        )
+        out = (
+            time + L * model.cycle_length,
+            forecast.mean(axis=0),
+            final.mean(axis=0),
+            _spread(forecast),
+            _spread(final),
+            result.costs,
+            result.converged,
+        )
+        return final, out
+
+    final, out = jax.lax.scan(step, init, (starts, start_times, y_seq.reshape(windows, L, -1)))
+    times, forecast_mean, analysis_mean, forecast_spread, analysis_spread, costs, converged = out
     return Trajectory(
         times,
         forecast_mean,
@@ -210,5 +340,6 @@ def assimilate(
         forecast_spread,
         analysis_spread,
         final,
-        *ensembles,
+        costs=costs,
+        converged=converged,
     )

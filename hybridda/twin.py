@@ -16,10 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import metrics
-from ._method import AbstractAnalysisMethod
+from ._method import AbstractAnalysisMethod, AbstractWindowMethod
 from .cycle import (
     Trajectory,
     assimilate,
+    assimilate_windows,
     initial_ensemble,
     simulate,
     spin_up,
@@ -35,10 +36,13 @@ from .observe import (
     every_kth,
     full_observation,
 )
-from .variational import Var3D, climatological_covariance
+from .variational import FourDVar, Var3D, climatological_covariance
 
 MODELS = ("lorenz63", "lorenz96", "lorenz96-two-scale")
-METHODS = ("enkf", "etkf", "enkf-n", "letkf", "3dvar")
+METHODS = ("enkf", "etkf", "enkf-n", "letkf", "3dvar", "4dvar", "weak-4dvar", "incremental-4dvar")
+# Methods needing a climatological B; the variational window methods.
+_STATIC_B = ("3dvar", "4dvar", "weak-4dvar", "incremental-4dvar")
+_WINDOWED = ("4dvar", "weak-4dvar", "incremental-4dvar")
 OBSERVATIONS = ("all", "every-k", "random")
 
 
@@ -67,6 +71,10 @@ class TwinConfig:
     hyperprior_boost: float = 1.0
     localisation_radius: float | None = None
     background_scale: float = 0.02
+    window: int = 1
+    outer_loops: int = 10
+    inner_loops: int = 20
+    model_error_std: float = 0.1
     cycles: int = 4000
     burn_in: int = 1000
     spin_up_cycles: int = 1000
@@ -77,7 +85,21 @@ class TwinConfig:
         _choice("model", self.model, MODELS)
         _choice("method", self.method, METHODS)
         _choice("obs", self.obs, OBSERVATIONS)
-        if self.method != "3dvar" and self.ensemble_size < 2:
+        if self.window < 1:
+            raise ValueError(
+                f"`--window` (cycles per 4D-Var window) must be >= 1, got {self.window}."
+            )
+        if self.method in _WINDOWED and self.cycles % self.window:
+            raise ValueError(
+                f"`--cycles` ({self.cycles}) must be a multiple of `--window` ({self.window})."
+            )
+        if self.method in _WINDOWED and self.burn_in % self.window:
+            raise ValueError(f"`--burn-in` must be a multiple of `--window` ({self.window}).")
+        if self.outer_loops < 1 or self.inner_loops < 1:
+            raise ValueError("`--outer-loops` and `--inner-loops` must be >= 1.")
+        if not self.model_error_std > 0:
+            raise ValueError(f"`--model-error-std` must be > 0, got {self.model_error_std}.")
+        if self.method not in _STATIC_B and self.ensemble_size < 2:
             raise ValueError(f"`--ensemble-size` must be >= 2, got {self.ensemble_size}.")
         if not self.inflation > 0:
             raise ValueError(f"`--inflation` must be > 0 (1.0: none), got {self.inflation}.")
@@ -142,8 +164,8 @@ def build_observation(config: TwinConfig, state_size: int, key) -> AbstractObser
 
 def build_method(
     config: TwinConfig, dynamics: AbstractDynamics, climatology=None
-) -> AbstractAnalysisMethod:
-    """The DA method named by `config.method` (3D-Var needs the climatological covariance)."""
+) -> AbstractAnalysisMethod | AbstractWindowMethod:
+    """The DA method named by `config.method` (variational ones need the climatology)."""
     inflation = multiplicative(config.inflation)
     if config.method == "etkf":
         return ETKF(inflation=inflation)
@@ -163,8 +185,22 @@ def build_method(
             raise ValueError("LETKF needs `--localisation-radius` (grid units, e.g. 4).")
         return LETKF(localisation=localisation, inflation=inflation)
     if climatology is None:
-        raise ValueError("3D-Var needs the climatological covariance (see `run_twin`).")
-    return Var3D(config.background_scale * climatology)
+        raise ValueError(f"{config.method} needs the climatological covariance (see `run_twin`).")
+    B = config.background_scale * climatology
+    if config.method == "3dvar":
+        return Var3D(B)
+    return FourDVar(
+        B,
+        window=config.window,
+        minimiser="incremental" if config.method == "incremental-4dvar" else "gauss-newton",
+        outer_loops=config.outer_loops,
+        inner_loops=config.inner_loops,
+        model_error_covariance=(
+            config.model_error_std**2 * jnp.eye(B.shape[0])
+            if config.method == "weak-4dvar"
+            else None
+        ),
+    )
 
 
 @dataclasses.dataclass
@@ -176,7 +212,7 @@ class TwinResult:
     truth: jax.Array  # (K, n), the true state at each analysis time, truth[k] after k+1 cycles
     observations: jax.Array  # (K, p)
     trajectory: Trajectory
-    method: AbstractAnalysisMethod  # the method as built (e.g. 3D-Var's B)
+    method: AbstractAnalysisMethod | AbstractWindowMethod  # as built (e.g. 3D-Var's B)
     metrics: dict[str, float]
 
 
@@ -205,25 +241,26 @@ def run_twin(
     y = eqx.filter_jit(synthesise_observations)(observation, truth, k_obs)
 
     climatology = None
-    if config.method == "3dvar":
+    if config.method in _STATIC_B:
         # B from an independent long run (not the experiment's own truth).
         x_clim = eqx.filter_jit(spin_up)(model, x_start + jax.random.normal(k_clim, (n,)), 500)
         climatology = climatological_covariance(
             eqx.filter_jit(simulate)(model, x_clim, config.climatology_cycles)
         )
     method = build_method(config, dynamics, climatology)
-    members = 1 if config.method == "3dvar" else config.ensemble_size
+    members = 1 if config.method in _STATIC_B else config.ensemble_size
     spread = 0.0 if members == 1 else config.initial_spread
     E0 = initial_ensemble(k_init, x0, members, spread)
 
-    # Equal chunks (a divisor of the cycle count) share one compiled function.
-    chunks = max(
-        c for c in range(1, max(1, min(chunks, config.cycles)) + 1) if config.cycles % c == 0
-    )
+    # Equal chunks (a divisor of the number of windows) share one compiled function.
+    window = config.window if config.method in _WINDOWED else 1
+    windows = config.cycles // window
+    chunks = max(c for c in range(1, max(1, min(chunks, windows)) + 1) if windows % c == 0)
     size = config.cycles // chunks
+    cycle_method = assimilate_windows if config.method in _WINDOWED else assimilate
 
     def chunk(E, y_chunk, first, t0):
-        return assimilate(model, observation, method, y_chunk, E, k_da, t0=t0, first_cycle=first)
+        return cycle_method(model, observation, method, y_chunk, E, k_da, t0=t0, first_cycle=first)
 
     start = time.perf_counter()
     compiled = jax.jit(chunk).lower(E0, y[:size], jnp.asarray(0), jnp.asarray(0.0)).compile()
@@ -247,7 +284,10 @@ def run_twin(
             bar.update(size)
     trajectory = Trajectory.concatenate(parts)
 
-    results = metrics.summary(truth, trajectory, config.burn_in)
+    # Window methods report one analysis per window, at its end.
+    results = metrics.summary(truth[window - 1 :: window], trajectory, config.burn_in // window)
+    if trajectory.converged is not None:
+        results["unconverged_windows"] = int(np.sum(~np.asarray(trajectory.converged)))
     results.update(
         seconds_per_cycle=run_seconds / config.cycles,
         compile_seconds=compile_seconds,

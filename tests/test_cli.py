@@ -138,6 +138,15 @@ def test_other_models_run_and_beat_the_observation_error(model, extra, capsys):
     assert result["rmse_analysis"] < 1.0  # obs-error std
 
 
+def test_4dvar_from_the_command_line_reports_convergence(capsys):
+    main(["twin", "--method", "4dvar", "--window", "2", "--n", "10", "--obs", "every-k",
+          "--cycles", "60", "--burn-in", "20", "--background-scale", "0.05", "--json",
+          "--no-progress"])  # fmt: skip
+    result = _last_json(capsys)
+    assert 0.0 <= result["unconverged_windows"] <= 30
+    assert result["rmse_analysis"] < 1.0  # better than the observation error
+
+
 def test_3dvar_from_the_command_line(capsys):
     main(["twin", "--method", "3dvar", "--background-scale", "0.02", "--json", *QUICK])
     result = _last_json(capsys)
@@ -156,6 +165,8 @@ def test_3dvar_from_the_command_line(capsys):
         (["--method", "letkf", "--localisation-radius", "-1"], "localisation-radius"),
         (["--obs-std", "0"], "obs-std"),
         (["--method", "enkf-n", "--hyperprior-boost", "0"], "hyperprior-boost"),
+        (["--method", "4dvar", "--window", "0"], "window"),
+        (["--method", "4dvar", "--window", "7"], "multiple of `--window`"),
         (["--burn-in", "400", "--cycles", "300"], "burn-in"),
     ],
 )

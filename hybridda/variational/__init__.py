@@ -3,6 +3,7 @@
 from .costs import StrongFourDVar as StrongFourDVar
 from .costs import ThreeDVarCost as ThreeDVarCost
 from .costs import WeakFourDVar as WeakFourDVar
+from .fourdvar import FourDVar as FourDVar
 from .solve import MinimiseResult as MinimiseResult
 from .solve import gauss_newton as gauss_newton
 from .solve import incremental as incremental
@@ -11,6 +12,7 @@ from .var3d import Var3D as Var3D
 from .var3d import climatological_covariance as climatological_covariance
 
 __all__ = [
+    "FourDVar",
     "MinimiseResult",
     "StrongFourDVar",
     "ThreeDVarCost",

@@ -32,7 +32,9 @@ class MinimiseResult(eqx.Module):
     converged: Bool[Array, ""]
 
 
-def _check_cost(value, iteration, what):
+def _check_cost(value, iteration, what, throw=True):
+    if not throw:
+        return value
     return eqx.error_if(
         value,
         ~jnp.isfinite(value),
@@ -61,6 +63,7 @@ def gauss_newton(
     tolerance: float = 1e-8,
     inner_iterations: int = 100,
     inner_rtol: float = 1e-10,
+    throw: bool = True,
 ) -> MinimiseResult:
     """Gauss-Newton on ``J = ½‖r(control)‖²`` (`cost.residuals`), matrix-free.
 
@@ -77,6 +80,8 @@ def gauss_newton(
     - `control`: starting point (any pytree, e.g. ``x0`` or ``(x0, forcing)``).
     - `max_iterations`: outer loops; `inner_iterations`, `inner_rtol`: CG budget and
       relative tolerance per outer loop (a truncated inner solve is allowed).
+    - `throw`: raise (under jit, `eqx.error_if`) when the cost becomes non-finite; with
+      ``False`` the NaN is returned in `costs` for the caller to report.
 
     Costs with `whiten_control` / `colour_control` (the 4D-Var costs) are minimised in
     the whitened control (preconditioning); the result is returned in physical units.
@@ -89,7 +94,7 @@ def gauss_newton(
     def residuals(flat):
         return cost.residuals(colour(unravel(flat)))
 
-    def step(carry, iteration):
+    def iterate(carry, iteration):
         flat, value, done, stopped = carry
         r, jvp = jax.linearize(residuals, flat)
         vjp = jax.linear_transpose(jvp, flat)
@@ -106,7 +111,8 @@ def gauss_newton(
         solver = lx.CG(rtol=inner_rtol, atol=atol, max_steps=inner_iterations)
         delta = lx.linear_solve(normal, -gradient, solver, throw=False).value
         candidate = flat + delta
-        new_value = _check_cost(0.5 * jnp.sum(residuals(candidate) ** 2), iteration, "4D-Var")
+        new_value = 0.5 * jnp.sum(residuals(candidate) ** 2)
+        new_value = _check_cost(new_value, iteration, "4D-Var", throw)
         # Accept only a decrease (Gauss-Newton can overshoot on strongly nonlinear
         # windows); a rejected step stops the iteration without claiming convergence.
         accept = (new_value <= value) & ~stopped
@@ -121,7 +127,17 @@ def gauss_newton(
         value = jnp.where(accept, new_value, value)
         return (flat, value, done, stopped), (value, accept)
 
-    value0 = _check_cost(0.5 * jnp.sum(residuals(flat0) ** 2), 0, "4D-Var")
+    def step(carry, iteration):
+        # Once stopped, skip the work (a cond: cheap unless vmapped, and differentiable).
+        return jax.lax.cond(
+            carry[3],
+            lambda carry, _: (carry, (carry[1], jnp.asarray(False))),
+            iterate,
+            carry,
+            iteration,
+        )
+
+    value0 = _check_cost(0.5 * jnp.sum(residuals(flat0) ** 2), 0, "4D-Var", throw)
     false = jnp.asarray(False)
     carry = (flat0, value0, false, false)
     (flat, _, converged, _), (values, accepted) = jax.lax.scan(
@@ -142,6 +158,7 @@ def incremental(
     outer_loops: int = 3,
     inner_loops: int = 20,
     tolerance: float = 1e-8,
+    throw: bool = True,
 ) -> MinimiseResult:
     """Incremental 4D-Var (Courtier et al. 1994): re-linearise, then a truncated inner solve.
 
@@ -159,6 +176,7 @@ def incremental(
         tolerance=tolerance,
         inner_iterations=inner_loops,
         inner_rtol=1e-12,
+        throw=throw,
     )
 
 
@@ -169,6 +187,7 @@ def quasi_newton(
     max_iterations: int = 100,
     tolerance: float = 1e-8,
     memory: int = 10,
+    throw: bool = True,
 ) -> MinimiseResult:
     """L-BFGS (`optax.lbfgs` with a zoom line search) on ``cost(control)``.
 
@@ -182,10 +201,10 @@ def quasi_newton(
     optimiser = optax.lbfgs(memory_size=memory)
     value_and_grad = optax.value_and_grad_from_state(objective)
 
-    def step(carry, iteration):
+    def iterate(carry, iteration):
         params, state, done = carry
         value, grad = value_and_grad(params, state=state)
-        value = _check_cost(value, iteration, "variational")
+        value = _check_cost(value, iteration, "variational", throw)
         gnorm = optax.tree.norm(grad, ord=jnp.inf)
         converged = done | (gnorm <= tolerance * jnp.maximum(1.0, jnp.abs(value)))
         updates, new_state = optimiser.update(
@@ -195,10 +214,16 @@ def quasi_newton(
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(converged, b, a), new, old)  # noqa: E731
         return (keep(new_params, params), keep(new_state, state), converged), (value, ~converged)
 
+    def step(carry, iteration):
+        def skip(carry, _):
+            return carry, (objective(carry[0]), jnp.asarray(False))
+
+        return jax.lax.cond(carry[2], skip, iterate, carry, iteration)
+
     state0 = optimiser.init(control)
     carry = (control, state0, jnp.asarray(False))
     (params, _, converged), (values, moved) = jax.lax.scan(step, carry, jnp.arange(max_iterations))
-    final = _check_cost(objective(params), max_iterations, "variational")
+    final = _check_cost(objective(params), max_iterations, "variational", throw)
     return MinimiseResult(
         control=colour(params),
         costs=jnp.concatenate([values, final[None]]),
