@@ -198,7 +198,7 @@ def test_bad_arguments_to_assimilate(twin):
     ("changes", "match"),
     [
         ({"model": "lorenz99"}, "Unknown model"),
-        ({"method": "4dvar"}, "Unknown method"),
+        ({"method": "kalman"}, "Unknown method"),
         ({"obs": "some"}, "Unknown obs"),
         ({"ensemble_size": 1}, "ensemble-size"),
         ({"inflation": 0.0}, "inflation"),
