@@ -49,10 +49,13 @@ class Resolvent(eqx.Module):
       solvers (`diffrax.Tsit5()`, `diffrax.Dopri5()`) switch on a PID step-size
       controller with tolerances `rtol`, `atol`.
     - `max_steps`: step budget for adaptive solvers.
-    - `adjoint`: how diffrax differentiates the solve. Default: `diffrax.DirectAdjoint()`
-      for fixed steps (supports forward mode, `jax.jvp`, which tangent-linear models
-      and Gauss-Newton need, as well as reverse mode), and
-      `diffrax.RecursiveCheckpointAdjoint()` for adaptive solvers (reverse mode only).
+    - `adjoint`: ``None`` (default) or a diffrax adjoint to force `diffrax.diffeqsolve`.
+      By default fixed-step explicit Runge-Kutta solvers (RK4, or any `AbstractERK`
+      used with a constant step) run their Butcher tableau in a `lax.scan`: identical
+      arithmetic, and forward-mode (`jax.jvp`, tangent-linear models, Gauss-Newton) and
+      reverse-mode derivatives each cost a few forward passes. Adaptive solvers call
+      `diffeqsolve` with `diffrax.RecursiveCheckpointAdjoint()` (reverse mode only);
+      other fixed-step solvers with `diffrax.DirectAdjoint()`.
 
     The cycle length is ``dt * steps_per_cycle``. Works under `jit`, `vmap` and `grad`.
     """
@@ -82,12 +85,15 @@ class Resolvent(eqx.Module):
     def state_size(self) -> int:
         return self.dynamics.state_size
 
-    def _solve(self, vector_field, x, t0):
+    def _solve(self, vector_field, x, t0, prefer_diffeqsolve=False):
         # Integrate in cycle-local time [0, cycle_length] and shift t inside the vector
-        # field: the step grid is then a compile-time constant (exactly `steps_per_cycle`
-        # steps, no round-off extra step) and non-autonomous models still see true time.
-        term = diffrax.ODETerm(_TimeShifted(vector_field, jnp.asarray(t0, dtype=float)))
-        if _is_adaptive(self.solver):
+        # field: the step grid is a compile-time constant (exactly `steps_per_cycle`
+        # steps) and non-autonomous models still see the true time.
+        field = _TimeShifted(vector_field, jnp.asarray(t0, dtype=float))
+        if self.adjoint is None and _tableau(self.solver) is not None and not prefer_diffeqsolve:
+            return _fixed_step_erk(field, x, self.dt, self.steps_per_cycle, _tableau(self.solver))
+        adaptive = _is_adaptive(self.solver)
+        if adaptive:
             controller = diffrax.PIDController(rtol=self.rtol, atol=self.atol)
             t1, dt0, max_steps = self.cycle_length, self.dt, self.max_steps
         else:
@@ -96,10 +102,10 @@ class Resolvent(eqx.Module):
             t1, dt0, max_steps = float(grid[-1]), None, self.steps_per_cycle
         adjoint = self.adjoint
         if adjoint is None:
-            adaptive = _is_adaptive(self.solver)
+            # DirectAdjoint supports forward mode (jax.jvp) too; the checkpointed one does not.
             adjoint = diffrax.RecursiveCheckpointAdjoint() if adaptive else diffrax.DirectAdjoint()
         solution = diffrax.diffeqsolve(
-            term,
+            diffrax.ODETerm(field),
             self.solver,
             t0=0.0,
             t1=t1,
@@ -129,7 +135,10 @@ class Resolvent(eqx.Module):
         """
         if _is_adaptive(self.solver):
             return jax.vmap(lambda x: self(x, t0))(E)
-        return self._solve(_EnsembleTendency(self.dynamics), E, t0)
+        # One step per cycle: diffeqsolve's fused stage loop is faster on CPU for a
+        # batched state (5.6 vs 8.2 µs, 24 × 40 Lorenz-96); more steps: the tableau scan.
+        single_step = self.steps_per_cycle == 1
+        return self._solve(_EnsembleTendency(self.dynamics), E, t0, single_step)
 
     def trajectory(
         self, x: Float[Array, " n"], cycles: int, t0: float = 0.0
@@ -161,6 +170,39 @@ class _EnsembleTendency(eqx.Module):
 
     def __call__(self, t, E, args):
         return jax.vmap(self.dynamics.tendency, in_axes=(None, 0, None))(t, E, args)
+
+
+def _tableau(solver) -> diffrax.ButcherTableau | None:
+    """The Butcher tableau of a fixed-step explicit Runge-Kutta solver, else ``None``."""
+    if _is_adaptive(solver) or not isinstance(solver, diffrax.AbstractERK):
+        return None
+    tableau = solver.tableau
+    return None if tableau.implicit else tableau
+
+
+def _fixed_step_erk(field, x, dt, steps, tableau):
+    """``steps`` explicit Runge-Kutta steps of size ``dt`` from the solver's tableau.
+
+    The stages are unrolled (a tableau has a handful) and the steps are a `lax.scan`: the
+    same arithmetic as `diffrax.diffeqsolve` with that solver and a constant step, but
+    with no loop machinery for autodiff to see through, so a tangent-linear
+    (`jax.linearize`) or adjoint pass costs a few forward passes, not ~25 as through
+    diffeqsolve's bounded while loops (measured on Lorenz-63, 25 RK4 steps).
+    """
+    c = np.concatenate([[0.0], tableau.c])
+
+    def step(y, k):
+        t = k * dt
+        stages = [field(t, y, None)]
+        for i, a in enumerate(tableau.a_lower):
+            increment = sum(coef * stage for coef, stage in zip(a, stages, strict=True) if coef)
+            stages.append(field(t + c[i + 1] * dt, y + dt * increment, None))
+        y = y + dt * sum(b * stage for b, stage in zip(tableau.b_sol, stages, strict=True) if b)
+        return y, None
+
+    if steps == 1:
+        return step(x, 0.0)[0]
+    return jax.lax.scan(step, x, jnp.arange(steps, dtype=float))[0]
 
 
 def _is_adaptive(solver: diffrax.AbstractSolver) -> bool:
