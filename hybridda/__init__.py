@@ -20,6 +20,7 @@ from .cycle import spin_up as spin_up
 from .cycle import synthesise_observations as synthesise_observations
 from .integrate import RK4 as RK4
 from .integrate import Resolvent as Resolvent
+from .losses import cycled_loss as cycled_loss
 
 __version__ = "0.1.0"
 
@@ -29,6 +30,7 @@ __all__ = [
     "Resolvent",
     "Trajectory",
     "assimilate",
+    "cycled_loss",
     "dynamics",
     "filters",
     "initial_ensemble",

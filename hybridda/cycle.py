@@ -244,6 +244,9 @@ def assimilate(
             tail = jax.tree.map(lambda a: a[blocks * size :], inputs)
             final, tail_out = jax.checkpoint(block)(final, tail)
             out = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out, tail_out)
+        # Materialise the outputs in their unblocked shape, or XLA may fuse the reshape
+        # into the caller's reductions and sum in another order (a different last bit).
+        out = jax.lax.optimization_barrier(out)
     forecast_mean, analysis_mean, forecast_spread, analysis_spread, *ensembles = out
     return Trajectory(
         start_times + model.cycle_length,

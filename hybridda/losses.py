@@ -1,0 +1,308 @@
+"""Differentiable losses of whole cycled DA runs.
+
+[`cycled_loss`][] runs the same cycles as [`hybridda.assimilate`][] (forecast every
+member, then the method's analysis, key ``fold_in(key, k)`` for cycle ``k``) and returns
+one scalar: a time-averaged score of the run. It is a pure function of the model, the
+observation operator and the method, so `jax.grad` / `eqx.filter_grad` give exact
+gradients with respect to any of their floating-point leaves (the Lorenz-96 forcing, a
+network's weights, an inflation factor, ``B``, the observation-error std), through every
+forecast and every analysis of the run.
+
+The per-cycle score is computed inside the loop, so a run only keeps what one cycle
+needs; with ``checkpoint=B`` the backward pass also keeps only the ensembles at the
+boundaries of blocks of ``B`` cycles plus the intermediates of one block, and with
+``truncate=L`` gradients flow through windows of at most ``L`` cycles.
+"""
+
+import functools
+from typing import Literal, get_args
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.scipy.linalg as jsl
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+from ._method import AbstractAnalysisMethod
+from .cycle import EnsembleModel
+from .filters import AbstractEnsembleFilter, ensemble_innovations
+from .observe import AbstractObservation, check_observations, observed_mask
+from .variational import Var3D
+
+LossKind = Literal["negative_log_likelihood", "innovation_rmse", "analysis_rmse", "forecast_rmse"]
+LOSS_KINDS: tuple[str, ...] = get_args(LossKind)
+_NEEDS_TRUTH = ("analysis_rmse", "forecast_rmse")
+
+
+def cycled_loss(
+    model: EnsembleModel,
+    observation: AbstractObservation,
+    method: AbstractAnalysisMethod,
+    y_seq: Float[Array, "K p"],
+    init: Float[Array, "N n"],
+    key: PRNGKeyArray,
+    *,
+    kind: LossKind = "negative_log_likelihood",
+    truth: Float[Array, "K n"] | None = None,
+    burn_in: int = 0,
+    checkpoint: int | None = None,
+    truncate: int | None = None,
+    t0: float | Float[Array, ""] = 0.0,
+    first_cycle: int | Int[Array, ""] = 0,
+) -> Float[Array, ""]:
+    r"""A scalar loss of the cycled DA run `assimilate(model, observation, method, ...)`.
+
+    The first six arguments are those of [`hybridda.assimilate`][]; the loss averages a
+    per-cycle score over the cycles ``k ≥ burn_in``:
+
+    - ``"negative_log_likelihood"`` (default; needs no truth): minus the log-density
+      of each observation given the previous ones, in the Gaussian approximation of the
+      forecast, ``y_k ~ N(H(x̄^f_k), H P^f_k Hᵀ + R)`` over the observed (non-NaN)
+      entries. ``P^f`` is the forecast ensemble's sample covariance (after the filter's
+      prior inflation, without localisation), evaluated in ensemble space
+      (Sherman-Morrison-Woodbury, an N × N Cholesky factor); for 3D-Var (``N = 1``)
+      it is the static ``B``. Summed over cycles this is minus the log-evidence of the
+      observations under the model, ``-log p(y_1, ..., y_K)`` (Carrassi et al. 2017),
+      a likelihood whose minimiser over model or filter parameters is a consistent
+      estimator: the loss for parameter estimation from observations alone.
+    - ``"innovation_rmse"`` (needs no truth): RMS over the observed entries of
+      ``y_k - H(x̄^f_k)``, the forecast's misfit to the observations.
+    - ``"analysis_rmse"`` / ``"forecast_rmse"``: RMSE of the analysis / forecast mean
+      against `truth` (twin experiments; DAPPER's ``rmse.a`` / ``rmse.f``).
+
+    Cycles where nothing is observed (all NaN) do not count in the two
+    observation-space averages.
+
+    **Differentiating.** Take gradients with respect to the modules themselves
+    (Equinox style: every floating-point array leaf is a parameter)::
+
+        grads = eqx.filter_grad(
+            lambda parts: cycled_loss(parts[0], observation, parts[1], y, E0, key)
+        )((model, method))
+        grads[0].dynamics.forcing, grads[1].inflation.factor
+
+    or through a function building the modules from any pytree of parameters::
+
+        def loss(params):
+            model = eqx.tree_at(lambda m: m.dynamics.forcing, base_model, params["F"])
+            method = ETKF(inflation=Multiplicative(params["inflation"]))
+            return cycled_loss(model, observation, method, y, E0, key)
+
+        jax.grad(loss)({"F": 7.0, "inflation": 1.05})
+
+    Static fields (``eqx.field(static=True)``, e.g. a
+    [`hybridda.filters.Localisation`][] radius, the step size, ``N``) are not
+    differentiable. Compile the loss (or its gradient) with `eqx.filter_jit`.
+
+    **Arguments:**
+
+    - `model`, `observation`, `method`, `y_seq`, `init`, `key`, `t0`, `first_cycle`:
+      as for [`hybridda.assimilate`][] (the same cycles, the same keys).
+    - `kind`: one of `LOSS_KINDS`, see above.
+    - `truth`: true states ``(K, n)`` at the analysis times, for the RMSE-to-truth kinds.
+    - `burn_in`: cycles left out of the average (they still condition the later ones).
+    - `checkpoint`: ``None`` or a block size ``B``: rematerialise blocks of ``B``
+      cycles in the backward pass, as `checkpoint` of [`hybridda.assimilate`][]
+      (same value; gradients equal to round-off; memory ≈ ``K/B`` ensembles plus one
+      block's intermediates; about one more forward pass of compute).
+    - `truncate`: ``None`` (exact gradient) or a window length ``L``: truncated
+      backpropagation through time. The value is unchanged, but the ensemble entering
+      each window of ``L`` cycles is held constant (`lax.stop_gradient`), so gradients
+      only follow each parameter's effect over at most ``L`` cycles. Over hundreds of
+      cycles of a chaotic model the exact gradient of this (exactly computed) loss is
+      dominated by fine-scale wiggles of the loss surface and is useless for descent;
+      windows a few times the filter's memory (e.g. ``L`` = 25-50 cycles for Lorenz-96)
+      give a smooth gradient whose zero is close to the loss's minimiser (see
+      ``experiments/learn_forcing.py``). Combines with `checkpoint` (blocks of ``B``
+      cycles inside each window).
+
+    **Returns:** the scalar loss. A non-finite per-cycle score (a diverged run) raises
+    an `eqx.EquinoxRuntimeError` naming the first such cycle, rather than returning NaN.
+
+    !!! cite "Reference"
+        Carrassi, Bocquet, Hannart and Ghil (2017), Estimating model evidence using data
+        assimilation, *QJRMS* 143, 866-880 (the ensemble estimate of the likelihood).
+    """
+    if kind not in LOSS_KINDS:
+        raise ValueError(f"Unknown loss `kind` {kind!r}; choose one of {', '.join(LOSS_KINDS)}.")
+    if init.ndim != 2:
+        raise ValueError(f"`init` (the initial ensemble) must have shape (N, n), got {init.shape}.")
+    if init.shape[0] < method.min_ensemble_size:
+        raise ValueError(
+            f"`ensemble_size` must be >= {method.min_ensemble_size} for "
+            f"{type(method).__name__}, got {init.shape[0]}."
+        )
+    if y_seq.ndim != 2 or y_seq.shape[1] != observation.obs_size:
+        raise ValueError(
+            f"`y_seq` must have shape (cycles, {observation.obs_size}), got {y_seq.shape}."
+        )
+    cycles, state_size = y_seq.shape[0], init.shape[1]
+    if kind in _NEEDS_TRUTH:
+        if truth is None:
+            raise ValueError(f"The {kind!r} loss needs `truth` (shape ({cycles}, n)).")
+        if truth.shape != (cycles, state_size):
+            raise ValueError(
+                f"`truth` must have shape ({cycles}, {state_size}), got {truth.shape}."
+            )
+    else:
+        truth = jnp.zeros((cycles, 0), dtype=init.dtype)  # unused; keeps one scan signature
+    if kind == "negative_log_likelihood" and init.shape[0] < 2 and not isinstance(method, Var3D):
+        raise ValueError(
+            "The 'negative_log_likelihood' loss needs a forecast covariance: an ensemble "
+            f"(N >= 2) or a method with a static B (Var3D); got N=1 with {type(method).__name__}."
+        )
+    if not isinstance(burn_in, int) or not 0 <= burn_in < cycles:
+        raise ValueError(f"`burn_in` must be an integer in [0, {cycles}), got {burn_in!r}.")
+    _check_cycles("checkpoint", checkpoint, "cycles per rematerialised block")
+    _check_cycles("truncate", truncate, "cycles per window of backpropagation")
+    y_seq = check_observations(y_seq, "y_seq")
+
+    indices = first_cycle + jnp.arange(cycles)
+    start_times = t0 + (indices - first_cycle) * model.cycle_length  # as in `assimilate`
+
+    def step(E, inputs):
+        k, time, y, truth_k = inputs  # k: global cycle index
+        observation_k = observation.at_cycle(k)
+        forecast = model.ensemble(E, time)
+        analysis = method.analysis(forecast, y, observation_k, jax.random.fold_in(key, k))
+        score = _score(kind, method, forecast, analysis, y, observation_k, truth_k)
+        return analysis, score
+
+    def run(E, inputs):
+        if checkpoint is None:
+            return jax.lax.scan(step, E, inputs)
+        rematerialised = jax.checkpoint(functools.partial(jax.lax.scan, step), prevent_cse=False)
+        return _scan_in_blocks(rematerialised, E, inputs, checkpoint)
+
+    inputs = (indices, start_times, y_seq, truth)
+    if truncate is None:
+        _, (scores, counted) = run(init, inputs)
+    else:
+
+        def window(E, inputs):
+            return run(jax.lax.stop_gradient(E), inputs)
+
+        _, (scores, counted) = _scan_in_blocks(window, init, inputs, truncate)
+
+    weights = jnp.where(counted & (jnp.arange(cycles) >= burn_in), 1.0, 0.0)
+    loss = jnp.sum(weights * scores) / jnp.sum(weights)
+    return _error_if_not_finite(loss, scores, kind, first_cycle)
+
+
+def _check_cycles(name, value, meaning):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"`{name}` ({meaning}) must be a positive integer or None, got {value!r}.")
+
+
+def _scan_in_blocks(block, carry, inputs, size: int):
+    """Apply ``block(carry, inputs) -> (carry, outputs)`` to consecutive blocks of `size`
+    cycles (the last one shorter when `size` does not divide the cycles), in a `lax.scan`.
+    """
+    cycles = jax.tree.leaves(inputs)[0].shape[0]
+    size = min(size, cycles)
+    blocks, remainder = divmod(cycles, size)
+    head = jax.tree.map(lambda a: a[: blocks * size].reshape(blocks, size, *a.shape[1:]), inputs)
+    carry, out = jax.lax.scan(block, carry, head)
+    out = jax.tree.map(lambda a: a.reshape(blocks * size, *a.shape[2:]), out)
+    if remainder:
+        tail = jax.tree.map(lambda a: a[blocks * size :], inputs)
+        carry, tail_out = block(carry, tail)
+        out = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out, tail_out)
+    # Materialise the outputs in their unblocked shape: otherwise XLA may fuse the
+    # reshape into a later reduction and sum in another order (a different last bit).
+    return carry, jax.lax.optimization_barrier(out)
+
+
+def _score(kind, method, forecast, analysis, y, observation, truth_k):
+    """One cycle's score and whether it counts in the average."""
+    if kind == "analysis_rmse":
+        return _root(jnp.mean((analysis.mean(axis=0) - truth_k) ** 2)), jnp.asarray(True)
+    if kind == "forecast_rmse":
+        return _root(jnp.mean((forecast.mean(axis=0) - truth_k) ** 2)), jnp.asarray(True)
+    mask = observed_mask(y)
+    observed = jnp.any(mask)
+    if kind == "innovation_rmse":
+        misfit = jnp.where(mask, y - observation(forecast.mean(axis=0)), 0.0)
+        return _root(jnp.sum(misfit**2) / jnp.maximum(jnp.sum(mask), 1)), observed
+    if forecast.shape[0] == 1:
+        return _negative_log_likelihood_static(method, forecast[0], y, observation), observed
+    if isinstance(method, AbstractEnsembleFilter):
+        forecast = method.inflation.prior(forecast)
+    return _negative_log_likelihood_ensemble(forecast, y, observation), observed
+
+
+def _root(mean_square):
+    """``√mean_square`` with the zero subgradient at 0 (where ``√`` has an infinite slope:
+    a forecast started exactly at the truth, a cycle without observations)."""
+    zero = mean_square == 0  # (not `> 0`: a NaN must stay a NaN)
+    return jnp.where(zero, 0.0, jnp.sqrt(jnp.where(zero, 1.0, mean_square)))
+
+
+def _negative_log_likelihood_ensemble(E, y, observation):
+    # With whitened obs anomalies S (N × p) and innovation d = R^{-1/2}(y - H̄), the
+    # whitened predictive covariance is I + SᵀS/(N-1). With C = S Sᵀ + (N-1) I:
+    # dᵀ(I + SᵀS/(N-1))⁻¹d = dᵀd - (S d)ᵀ C⁻¹ (S d)   (Woodbury), and
+    # log det(I + SᵀS/(N-1)) = log det C - N log(N-1)  (Sylvester).
+    stats = ensemble_innovations(E, y, observation)
+    S, d, mask = stats.obs_anomalies, stats.innovation, stats.mask
+    N = E.shape[0]
+    C = S @ S.T + (N - 1) * jnp.eye(N)  # the ETKF's ensemble-space matrix
+    L = jnp.linalg.cholesky(C)
+    projected = jsl.solve_triangular(L, S @ d, lower=True)
+    log_det_ratio = 2 * jnp.sum(jnp.log(jnp.diag(L))) - N * jnp.log(N - 1.0)
+    innovation = jnp.where(mask, y - stats.obs_mean, 0.0)
+    # -log N(d; 0, R) over the observed entries, corrected to the predictive covariance.
+    observed_only = -observation.error.log_density(innovation, mask)
+    correction = jnp.where(jnp.any(mask), log_det_ratio, 0.0)
+    return observed_only - 0.5 * jnp.sum(projected**2) + 0.5 * correction
+
+
+def _negative_log_likelihood_static(method: Var3D, x, y, observation):
+    # y ~ N(H(x_b), H B Hᵀ + R) over the observed entries (H linearised at x_b); the
+    # unobserved rows and columns are those of the identity (no contribution), as in Var3D.
+    mask = observed_mask(y)
+    H = jnp.where(mask[:, None], observation.linearise(x), 0.0)
+    R = observation.error.covariance(observation.obs_size)
+    R = jnp.where(mask[:, None] & mask[None, :], R, jnp.eye(R.shape[0]))
+    covariance = H @ method.background_covariance @ H.T + R
+    L = jnp.linalg.cholesky(covariance)
+    innovation = jnp.where(mask, y - observation(x), 0.0)
+    white = jsl.solve_triangular(L, innovation, lower=True)
+    return (
+        0.5 * jnp.sum(white**2)
+        + jnp.sum(jnp.log(jnp.diag(L)))
+        + 0.5 * jnp.sum(mask) * jnp.log(2 * jnp.pi)
+    )
+
+
+def _error_if_not_finite(loss, scores, kind, first_cycle):
+    """`loss`, raising when a score is not finite, in the forward and the backward pass."""
+
+    def where(k):
+        if isinstance(first_cycle, int) and first_cycle != 0:
+            return f"cycle {k} of `y_seq` (global cycle {first_cycle + k})"
+        return f"cycle {k} of `y_seq`"
+
+    messages = tuple(
+        f"The cycled {kind} loss is not finite: its score at {where(k)} is the first "
+        "non-finite one, so the run diverged there. Check the parameters (forcing, "
+        "inflation, B, network weights), the step size and the initial ensemble."
+        for k in range(scores.shape[0])
+    )
+    bad = ~jnp.isfinite(scores)
+    return _checked(messages, loss, jnp.any(bad), jnp.argmax(bad))
+
+
+# Under `jax.grad` the loss value itself is unused, so an `error_if` on it alone would be
+# removed as dead code. The derivative is therefore multiplied by a checked 1: reverse
+# mode needs that factor to transpose the product, so the check runs there too.
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _checked(messages, loss, failed, index):
+    return eqx.branched_error_if(loss, failed, index, messages)
+
+
+@_checked.defjvp
+def _checked_jvp(messages, primals, tangents):
+    loss, failed, index = primals
+    checked_one = eqx.branched_error_if(jnp.ones_like(loss), failed, index, messages)
+    return _checked(messages, loss, failed, index), tangents[0] * checked_one
