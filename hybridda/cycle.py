@@ -5,6 +5,7 @@ resolvent, then call the method's analysis. It is a pure function of its inputs,
 can be jitted, vmapped over seeds, or differentiated end to end.
 """
 
+import functools
 from typing import Protocol, runtime_checkable
 
 import equinox as eqx
@@ -134,6 +135,46 @@ def initial_ensemble(
     return centre[None, :] + std * jax.random.normal(key, (ensemble_size, centre.shape[0]))
 
 
+def check_cycling_arguments(observation, method, y_seq, init) -> None:
+    """Static checks shared by every cycled run, with messages naming the argument."""
+    if init.ndim != 2:
+        raise ValueError(f"`init` (the initial ensemble) must have shape (N, n), got {init.shape}.")
+    if init.shape[0] < method.min_ensemble_size:
+        raise ValueError(
+            f"`ensemble_size` must be >= {method.min_ensemble_size} for "
+            f"{type(method).__name__}, got {init.shape[0]}."
+        )
+    if y_seq.ndim != 2 or y_seq.shape[1] != observation.obs_size:
+        raise ValueError(
+            f"`y_seq` must have shape (cycles, {observation.obs_size}), got {y_seq.shape}."
+        )
+
+
+def check_block_size(name: str, value, meaning: str) -> None:
+    """`value` must be ``None`` or a positive integer (a number of cycles)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"`{name}` ({meaning}) must be a positive integer or None, got {value!r}.")
+
+
+def scan_in_blocks(block, carry, inputs, size: int):
+    """Apply ``block(carry, inputs) -> (carry, outputs)`` to consecutive blocks of `size`
+    cycles (the last one shorter when `size` does not divide the cycles), in a `lax.scan`.
+    """
+    cycles = jax.tree.leaves(inputs)[0].shape[0]
+    size = min(size, cycles)
+    blocks, remainder = divmod(cycles, size)
+    head = jax.tree.map(lambda a: a[: blocks * size].reshape(blocks, size, *a.shape[1:]), inputs)
+    carry, out = jax.lax.scan(block, carry, head)
+    out = jax.tree.map(lambda a: a.reshape(blocks * size, *a.shape[2:]), out)
+    if remainder:
+        tail = jax.tree.map(lambda a: a[blocks * size :], inputs)
+        carry, tail_out = block(carry, tail)
+        out = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out, tail_out)
+    # Materialise the outputs in their unblocked shape: otherwise XLA may fuse the
+    # reshape into a later reduction and sum in another order (a different last bit).
+    return carry, jax.lax.optimization_barrier(out)
+
+
 def assimilate(
     model: EnsembleModel,
     observation: AbstractObservation,
@@ -178,24 +219,8 @@ def assimilate(
 
     **Returns:** a [`Trajectory`][].
     """
-    if init.ndim != 2:
-        raise ValueError(f"`init` (the initial ensemble) must have shape (N, n), got {init.shape}.")
-    if init.shape[0] < method.min_ensemble_size:
-        raise ValueError(
-            f"`ensemble_size` must be >= {method.min_ensemble_size} for "
-            f"{type(method).__name__}, got {init.shape[0]}."
-        )
-    if y_seq.ndim != 2 or y_seq.shape[1] != observation.obs_size:
-        raise ValueError(
-            f"`y_seq` must have shape (cycles, {observation.obs_size}), got {y_seq.shape}."
-        )
-    if checkpoint is not None and (
-        isinstance(checkpoint, bool) or not isinstance(checkpoint, int) or checkpoint < 1
-    ):
-        raise ValueError(
-            f"`checkpoint` (cycles per rematerialised block) must be a positive integer or "
-            f"None, got {checkpoint!r}."
-        )
+    check_cycling_arguments(observation, method, y_seq, init)
+    check_block_size("checkpoint", checkpoint, "cycles per rematerialised block")
     y_seq = check_observations(y_seq, "y_seq")
     y_seq = eqx.error_if(
         y_seq,
@@ -227,26 +252,10 @@ def assimilate(
     if checkpoint is None:
         final, out = jax.lax.scan(step, init, inputs)
     else:
-        # Blocks of `size` cycles; in the backward pass each block is recomputed from the
-        # ensemble saved at its start (scan already stops CSE, hence prevent_cse=False).
-        size = min(checkpoint, cycles)
-        blocks, remainder = divmod(cycles, size)
-
-        def block(E, block_inputs):
-            return jax.lax.scan(step, E, block_inputs)
-
-        head = jax.tree.map(
-            lambda a: a[: blocks * size].reshape(blocks, size, *a.shape[1:]), inputs
-        )
-        final, out = jax.lax.scan(jax.checkpoint(block, prevent_cse=False), init, head)
-        out = jax.tree.map(lambda a: a.reshape(blocks * size, *a.shape[2:]), out)
-        if remainder:
-            tail = jax.tree.map(lambda a: a[blocks * size :], inputs)
-            final, tail_out = jax.checkpoint(block)(final, tail)
-            out = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out, tail_out)
-        # Materialise the outputs in their unblocked shape, or XLA may fuse the reshape
-        # into the caller's reductions and sum in another order (a different last bit).
-        out = jax.lax.optimization_barrier(out)
+        # In the backward pass each block is recomputed from the ensemble saved at its
+        # start (scan already stops CSE, hence prevent_cse=False).
+        rematerialised = jax.checkpoint(functools.partial(jax.lax.scan, step), prevent_cse=False)
+        final, out = scan_in_blocks(rematerialised, init, inputs, checkpoint)
     forecast_mean, analysis_mean, forecast_spread, analysis_spread, *ensembles = out
     return Trajectory(
         start_times + model.cycle_length,

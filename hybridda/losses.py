@@ -24,7 +24,7 @@ import jax.scipy.linalg as jsl
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ._method import AbstractAnalysisMethod
-from .cycle import EnsembleModel
+from .cycle import EnsembleModel, check_block_size, check_cycling_arguments, scan_in_blocks
 from .filters import AbstractEnsembleFilter, ensemble_innovations
 from .observe import AbstractObservation, check_observations, observed_mask
 from .variational import Var3D
@@ -125,17 +125,7 @@ def cycled_loss(
     """
     if kind not in LOSS_KINDS:
         raise ValueError(f"Unknown loss `kind` {kind!r}; choose one of {', '.join(LOSS_KINDS)}.")
-    if init.ndim != 2:
-        raise ValueError(f"`init` (the initial ensemble) must have shape (N, n), got {init.shape}.")
-    if init.shape[0] < method.min_ensemble_size:
-        raise ValueError(
-            f"`ensemble_size` must be >= {method.min_ensemble_size} for "
-            f"{type(method).__name__}, got {init.shape[0]}."
-        )
-    if y_seq.ndim != 2 or y_seq.shape[1] != observation.obs_size:
-        raise ValueError(
-            f"`y_seq` must have shape (cycles, {observation.obs_size}), got {y_seq.shape}."
-        )
+    check_cycling_arguments(observation, method, y_seq, init)
     cycles, state_size = y_seq.shape[0], init.shape[1]
     if kind in _NEEDS_TRUTH:
         if truth is None:
@@ -153,8 +143,8 @@ def cycled_loss(
         )
     if not isinstance(burn_in, int) or not 0 <= burn_in < cycles:
         raise ValueError(f"`burn_in` must be an integer in [0, {cycles}), got {burn_in!r}.")
-    _check_cycles("checkpoint", checkpoint, "cycles per rematerialised block")
-    _check_cycles("truncate", truncate, "cycles per window of backpropagation")
+    check_block_size("checkpoint", checkpoint, "cycles per rematerialised block")
+    check_block_size("truncate", truncate, "cycles per window of backpropagation")
     y_seq = check_observations(y_seq, "y_seq")
 
     indices = first_cycle + jnp.arange(cycles)
@@ -172,7 +162,7 @@ def cycled_loss(
         if checkpoint is None:
             return jax.lax.scan(step, E, inputs)
         rematerialised = jax.checkpoint(functools.partial(jax.lax.scan, step), prevent_cse=False)
-        return _scan_in_blocks(rematerialised, E, inputs, checkpoint)
+        return scan_in_blocks(rematerialised, E, inputs, checkpoint)
 
     inputs = (indices, start_times, y_seq, truth)
     if truncate is None:
@@ -182,35 +172,11 @@ def cycled_loss(
         def window(E, inputs):
             return run(jax.lax.stop_gradient(E), inputs)
 
-        _, (scores, counted) = _scan_in_blocks(window, init, inputs, truncate)
+        _, (scores, counted) = scan_in_blocks(window, init, inputs, truncate)
 
     weights = jnp.where(counted & (jnp.arange(cycles) >= burn_in), 1.0, 0.0)
     loss = jnp.sum(weights * scores) / jnp.sum(weights)
     return _error_if_not_finite(loss, scores, kind, first_cycle)
-
-
-def _check_cycles(name, value, meaning):
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"`{name}` ({meaning}) must be a positive integer or None, got {value!r}.")
-
-
-def _scan_in_blocks(block, carry, inputs, size: int):
-    """Apply ``block(carry, inputs) -> (carry, outputs)`` to consecutive blocks of `size`
-    cycles (the last one shorter when `size` does not divide the cycles), in a `lax.scan`.
-    """
-    cycles = jax.tree.leaves(inputs)[0].shape[0]
-    size = min(size, cycles)
-    blocks, remainder = divmod(cycles, size)
-    head = jax.tree.map(lambda a: a[: blocks * size].reshape(blocks, size, *a.shape[1:]), inputs)
-    carry, out = jax.lax.scan(block, carry, head)
-    out = jax.tree.map(lambda a: a.reshape(blocks * size, *a.shape[2:]), out)
-    if remainder:
-        tail = jax.tree.map(lambda a: a[blocks * size :], inputs)
-        carry, tail_out = block(carry, tail)
-        out = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out, tail_out)
-    # Materialise the outputs in their unblocked shape: otherwise XLA may fuse the
-    # reshape into a later reduction and sum in another order (a different last bit).
-    return carry, jax.lax.optimization_barrier(out)
 
 
 def _score(kind, method, forecast, analysis, y, observation, truth_k):
