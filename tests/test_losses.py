@@ -39,8 +39,7 @@ def twin():
     x0, truth = states[0], states[1 : CYCLES + 1]
     observation = full_observation(N_STATE, GaussianError(1.0))
     y = eqx.filter_jit(hybridda.synthesise_observations)(observation, truth, keys[0])
-    # Missing values; at most 2 per cycle, so that S Sᵀ (N × N) keeps rank N-1: EnKF-N
-    # differentiates `eigh`, whose derivative is inaccurate for repeated eigenvalues.
+    # Missing values, which every cycle must skip (and the gradients with them).
     y = y.at[5, 3].set(jnp.nan).at[9, :2].set(jnp.nan)
     E0 = hybridda.initial_ensemble(keys[1], x0, MEMBERS, 1.0)
     x_b = (x0 + 0.5 * jax.random.normal(keys[2], (N_STATE,)))[None, :]

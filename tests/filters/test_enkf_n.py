@@ -172,6 +172,41 @@ def test_missing_values_equal_reduced_problem():
     np.testing.assert_allclose(cov, P_a, atol=1e-9)
 
 
+def test_gradient_with_repeated_eigenvalues_matches_finite_differences():
+    # 5 of 40 variables observed with N = 24: S Sᵀ has rank 5, so eigenvalue 0 repeats
+    # 19 times. Differentiating through eigh gave a finite but wrong gradient with
+    # respect to E here (half the central difference); λ's implicit derivative and the
+    # Lyapunov-form derivative of C^{-1/2} have no eigenvalue differences.
+    members, n = 24, 40
+    observation = IndexObservation(np.arange(0, n, 8), n, GaussianError(0.5))
+    keys = jax.random.split(jax.random.key(24), 5)
+    E = 2.0 + jax.random.normal(keys[0], (members, n))
+    y = 2.0 + 1.5 * jax.random.normal(keys[1], (observation.obs_size,))
+    weights = jax.random.normal(keys[2], (members, n))
+
+    def loss(E, y, boost):
+        method = EnKFN(hyperprior_boost=boost)
+        return jnp.sum(weights * jnp.tanh(method.analysis(E, y, observation, KEY)))
+
+    boost = jnp.asarray(1.5)
+    gradients = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(E, y, boost)
+    directions = (
+        jax.random.normal(keys[3], E.shape),
+        jax.random.normal(keys[4], y.shape),
+        jnp.asarray(1.0),
+    )
+    compiled = jax.jit(loss)
+    h = 1e-6
+    for argument, (gradient, direction) in enumerate(zip(gradients, directions, strict=True)):
+        assert np.all(np.isfinite(gradient))
+        plus, minus = [E, y, boost], [E, y, boost]
+        plus[argument] = plus[argument] + h * direction
+        minus[argument] = minus[argument] - h * direction
+        central = (compiled(*plus) - compiled(*minus)) / (2 * h)
+        assert abs(float(central)) > 1e-2  # a real sensitivity
+        assert float(jnp.sum(gradient * direction)) == pytest.approx(float(central), rel=1e-6)
+
+
 def test_bad_arguments_are_rejected():
     with pytest.raises(ValueError, match="hyperprior_boost"):
         EnKFN(hyperprior_boost=0.0)
