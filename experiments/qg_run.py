@@ -10,11 +10,20 @@ jitted chunks, and writes into ``--out``:
 - ``metrics.json``: final energy / enstrophy, max Courant number, seconds per RK4 step;
 - ``config.json``: the arguments and the model's parameters.
 
+With ``--twin letkf`` (or ``enkf``) an identical-twin experiment follows from the final
+state: the truth runs on, a QG observation network (``--network points``: random
+in-situ points redrawn every cycle; ``swath``: a moving satellite-like swath) observes
+it, and the filter with 2-D Gaspari-Cohn localisation (periodic in x) assimilates the
+observations, starting from an ensemble of the free run's last recorded states. It adds
+``twin.png`` (streamfunction RMSE against time, with the un-assimilated forecast of the
+initial mean for comparison) and a ``twin`` entry in ``metrics.json``.
+
 Usage::
 
     python experiments/qg_run.py                      # 40 x 20, dt 0.05, 2000 steps
     python experiments/qg_run.py --quick              # 400 steps (< 1 min)
     python experiments/qg_run.py --nx 128 --ny 64 --dt 0.015 --steps 4000
+    python experiments/qg_run.py --quick --twin letkf --network swath
 """
 
 import os
@@ -38,10 +47,18 @@ import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from hybridda.cycle import assimilate, simulate, synthesise_observations  # noqa: E402
 from hybridda.dynamics import QG  # noqa: E402
+from hybridda.filters import LETKF, EnKF, Localisation, multiplicative  # noqa: E402
 from hybridda.integrate import Resolvent  # noqa: E402
+from hybridda.observe import (  # noqa: E402
+    GaussianError,
+    QGSwathObservation,
+    RandomQGPointObservation,
+)
 
 QUICK_STEPS, DEFAULT_STEPS = 400, 2000
+QUICK_CYCLES, DEFAULT_CYCLES = 20, 200
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -64,13 +81,48 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--perturbation", type=float, default=1e-3, help="std of the seeded PV perturbation"
     )
+    twin = parser.add_argument_group("twin experiment (after the free run)")
+    twin.add_argument("--twin", choices=("none", "letkf", "enkf"), default="none")
+    twin.add_argument("--network", choices=("points", "swath"), default="points")
+    twin.add_argument(
+        "--cycles",
+        type=int,
+        default=None,
+        help=f"assimilation cycles (default {DEFAULT_CYCLES}, quick {QUICK_CYCLES})",
+    )
+    twin.add_argument("--steps-per-cycle", type=int, default=5, help="RK4 steps per cycle")
+    twin.add_argument("--members", type=int, default=12, help="ensemble size")
+    twin.add_argument("--obs-count", type=int, default=100, help="points per cycle (points)")
+    twin.add_argument("--swath-width", type=int, default=8, help="grid columns (swath)")
+    twin.add_argument("--swath-shift", type=int, default=5, help="columns moved per cycle")
+    twin.add_argument(
+        "--obs-fields",
+        default="streamfunction",
+        help="comma-separated observed fields: streamfunction,u,v",
+    )
+    twin.add_argument("--obs-std", type=float, default=0.2, help="observation-error std")
+    twin.add_argument(
+        "--localisation-radius", type=float, default=1.0, help="in length units (1000 km)"
+    )
+    twin.add_argument("--inflation", type=float, default=1.05, help="multiplicative factor")
     args = parser.parse_args(argv)
     if args.steps is None:
         args.steps = QUICK_STEPS if args.quick else DEFAULT_STEPS
+    if args.cycles is None:
+        args.cycles = QUICK_CYCLES if args.quick else DEFAULT_CYCLES
     if args.steps < 1 or args.chunk < 1:
         parser.error("--steps and --chunk must be positive")
     if args.steps % args.chunk:
         parser.error(f"--steps ({args.steps}) must be a multiple of --chunk ({args.chunk})")
+    if args.twin != "none":
+        if min(args.cycles, args.steps_per_cycle) < 1 or args.members < 2:
+            parser.error("--cycles and --steps-per-cycle must be >= 1 and --members >= 2")
+        if args.steps // args.chunk < args.members:
+            parser.error(
+                f"the initial ensemble takes the free run's last --members ({args.members}) "
+                f"recorded states, but it records only --steps / --chunk = "
+                f"{args.steps // args.chunk}; run longer or use fewer members"
+            )
     return args
 
 
@@ -125,6 +177,98 @@ def plot_timeseries(times, energy, enstrophy, path: Path) -> None:
     plt.close(figure)
 
 
+def build_network(args, model: QG, key):
+    """The observation network named by ``--network``."""
+    error = GaussianError(args.obs_std)
+    fields = tuple(name.strip() for name in args.obs_fields.split(","))
+    if args.network == "points":
+        return RandomQGPointObservation(model, args.obs_count, error, key, fields)
+    return QGSwathObservation(
+        model, args.swath_width, args.swath_shift, error, fields=fields, observed_layers=(0, 1)
+    )
+
+
+def build_filter(args, model: QG):
+    """LETKF or stochastic EnKF with 2-D localisation (periodic in x, walls in y)."""
+    localisation = Localisation(
+        args.localisation_radius,
+        coordinates=model.grid_coordinates(),
+        domain_length=(model.lengths[0], math.inf),
+    )
+    inflation = multiplicative(args.inflation)
+    if args.twin == "letkf":
+        return LETKF(localisation, inflation=inflation)
+    return EnKF(inflation=inflation, localisation=localisation)
+
+
+def plot_twin(times, rmse: dict, obs_std, path: Path) -> None:
+    figure, axis = plt.subplots(figsize=(8, 4), constrained_layout=True)
+    for label, values in rmse.items():
+        axis.plot(times, values, label=label)
+    if obs_std is not None:
+        axis.axhline(obs_std, color="grey", linestyle=":", label="observation-error std")
+    axis.set_yscale("log")
+    axis.set_xlabel("time (units of 27.8 h)")
+    axis.set_ylabel("streamfunction RMSE")
+    axis.legend()
+    axis.grid(True, which="both", alpha=0.3)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def run_twin(args, model: QG, truth_start, climatology, key) -> dict:
+    """Identical twin from `truth_start`, ensemble `climatology`; returns its metrics."""
+    resolvent = Resolvent(model, dt=args.dt, steps_per_cycle=args.steps_per_cycle)
+    network_key, obs_key, filter_key = jax.random.split(jax.random.fold_in(key, 1), 3)
+    network = build_network(args, model, network_key)
+    method = build_filter(args, model)
+
+    @eqx.filter_jit
+    def experiment(resolvent, network, method, truth_start, climatology):
+        truth = simulate(resolvent, truth_start, args.cycles)[1:]  # times 1..K
+        y = synthesise_observations(network, truth, obs_key)
+        trajectory = assimilate(resolvent, network, method, y, climatology, filter_key)
+        free = simulate(resolvent, climatology.mean(axis=0), args.cycles)[1:]
+        psi = jax.vmap(model.perturbation_streamfunction)
+
+        def rmse(states):
+            return jnp.sqrt(jnp.mean((psi(states) - psi(truth)) ** 2, axis=(1, 2, 3)))
+
+        pv_rmse = jnp.sqrt(jnp.mean((trajectory.analysis_mean - truth) ** 2, axis=1))
+        return (
+            trajectory,
+            pv_rmse,
+            {
+                "analysis": rmse(trajectory.analysis_mean),
+                "forecast": rmse(trajectory.forecast_mean),
+                "free run": rmse(free),
+            },
+        )
+
+    start = time.perf_counter()
+    trajectory, pv_rmse, rmse = experiment(resolvent, network, method, truth_start, climatology)
+    rmse = {label: np.asarray(values) for label, values in rmse.items()}
+    seconds = time.perf_counter() - start
+    times = np.asarray(trajectory.times)
+    observes_psi = "streamfunction" in args.obs_fields
+    plot_twin(times, rmse, args.obs_std if observes_psi else None, args.out / "twin.png")
+    second_half = slice(args.cycles // 2, None)
+    return {
+        "method": args.twin,
+        "network": args.network,
+        "obs_per_cycle": network.obs_size,
+        "cycles": args.cycles,
+        "analysis_rmse": float(rmse["analysis"][second_half].mean()),
+        "forecast_rmse": float(rmse["forecast"][second_half].mean()),
+        "free_rmse": float(rmse["free run"][second_half].mean()),
+        # The filter's own statistics are in PV (the state): RMSE against spread.
+        "analysis_rmse_pv": float(np.asarray(pv_rmse)[second_half].mean()),
+        "analysis_spread_pv": float(np.asarray(trajectory.analysis_spread)[second_half].mean()),
+        "finite": bool(np.all(np.isfinite(rmse["analysis"]))),
+        "seconds_with_compile": seconds,
+    }
+
+
 def main(argv=None) -> dict:
     """Run the model; returns what it writes to ``OUT/metrics.json``."""
     args = parse_args(argv)
@@ -162,6 +306,7 @@ def main(argv=None) -> dict:
 
     chunks = args.steps // args.chunk
     records = {"time": [0.0], "energy": [], "enstrophy": [], "courant": []}
+    recorded_states = []  # one per chunk: the twin's initial ensemble
     records["energy"].append(float(model.energy(state)))
     records["enstrophy"].append(float(model.enstrophy(state)))
     records["courant"].append(float(model.courant_number(state, args.dt)))
@@ -170,6 +315,7 @@ def main(argv=None) -> dict:
         t0 = chunk * resolvent.cycle_length
         # t0 as an array: a Python float would be static to filter_jit (one compile each).
         state, (energy, enstrophy, courant) = advance(resolvent, state, jnp.asarray(t0))
+        recorded_states.append(state)
         records["time"].append(t0 + resolvent.cycle_length)
         records["energy"].append(float(energy))
         records["enstrophy"].append(float(enstrophy))
@@ -212,6 +358,11 @@ def main(argv=None) -> dict:
         "compile_seconds": compile_seconds,
         "state_size": model.state_size,
     }
+    if finite and args.twin != "none":
+        # The last recorded state is the truth's start; the members before it, one chunk
+        # apart, are the initial ensemble.
+        climatology = jnp.stack(recorded_states[-args.members - 1 : -1])
+        metrics["twin"] = run_twin(args, model, state, climatology, key)
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(f"{'quantity':<22}{'value':>14}")
     for name in (
@@ -223,6 +374,9 @@ def main(argv=None) -> dict:
         "seconds_per_step",
     ):
         print(f"{name:<22}{metrics[name]:>14.4g}")
+    if "twin" in metrics:
+        for name in ("analysis_rmse", "forecast_rmse", "free_rmse", "analysis_spread_pv"):
+            print(f"{'twin ' + name:<22}{metrics['twin'][name]:>14.4g}")
     print(f"Wrote {args.out}/metrics.json, config.json, fields.png, timeseries.png, qg_run.nc")
     if not finite:
         raise RuntimeError(

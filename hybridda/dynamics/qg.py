@@ -402,11 +402,25 @@ class QG(AbstractDynamics):
         """The x coordinate of every state variable (periodic with period ``L_x``).
 
         Only a placeholder for the base class's 1-D localisation: it ignores the
-        distance in y and between layers. Localisation on this 2-D grid will need a 2-D
-        distance (see [`QG.grid`][]).
+        distance in y and between layers. For 2-D localisation use
+        [`QG.grid_coordinates`][].
         """
         x, _ = self.grid()
         return jnp.asarray(np.broadcast_to(x, (2, self.ny, self.nx)).reshape(-1))
+
+    def grid_coordinates(self) -> Float[Array, "n 2"]:
+        """The horizontal position ``(x, y)`` of every state variable, shape (n, 2).
+
+        In the order of the state vector (layer, y, x); both layers share the grid, so
+        localisation with these coordinates is horizontal only. x is periodic with period
+        ``L_x``, y is not: ``Localisation(radius, coordinates=model.grid_coordinates(),
+        domain_length=(L_x, math.inf))``.
+        """
+        x, y = self.grid()
+        shape = (2, self.ny, self.nx)
+        xs = np.broadcast_to(x[None, None, :], shape).reshape(-1)
+        ys = np.broadcast_to(y[None, :, None], shape).reshape(-1)
+        return jnp.asarray(np.stack([xs, ys], axis=-1))
 
     def domain_length(self) -> float:
         return float(self.lengths[0])
@@ -521,12 +535,34 @@ class QG(AbstractDynamics):
         $u = U_i - \delta_y\psi'$, $v = \delta_x\psi'$ with centred differences
         ($\psi' = 0$ on the walls).
         """
+        u, v = self._winds_with_walls(self.perturbation_streamfunction(x))
+        return u[..., 1:-1, :], v[..., 1:-1, :]
+
+    def _winds_with_walls(self, psi: Array) -> tuple[Array, Array]:
+        """Total ``(u, v)`` on rows 0..ny+1 from the perturbation streamfunction (2, ny, nx)."""
         dx, dy = self.grid_spacing
-        psi = self.perturbation_streamfunction(x)
         padded = _pad_walls(psi)
-        u = self.zonal_wind[:, None, None] - (padded[..., 2:, :] - padded[..., :-2, :]) / (2 * dy)
-        v = (jnp.roll(psi, -1, axis=-1) - jnp.roll(psi, 1, axis=-1)) / (2 * dx)
+        # Free slip: psi' is odd about each wall (the reflection the sine transform
+        # implies), so one more ghost row each side gives centred differences on the walls.
+        odd = jnp.concatenate([-psi[..., :1, :], padded, -psi[..., -1:, :]], axis=-2)
+        u = self.zonal_wind[:, None, None] - (odd[..., 2:, :] - odd[..., :-2, :]) / (2 * dy)
+        v = (jnp.roll(padded, -1, axis=-1) - jnp.roll(padded, 1, axis=-1)) / (2 * dx)
         return u, v
+
+    def fields_with_walls(self, x: Float[Array, " n"]) -> Float[Array, "3 2 _rows _nx"]:
+        r"""Total streamfunction, $u$ and $v$ of both layers on the grid rows 0..ny+1.
+
+        Shape ``(3, 2, ny + 2, nx)``: (field, layer, row, column) with fields
+        streamfunction, u, v; row ``j`` lies at $y = j\,\Delta y$, so rows 0 and
+        ``ny + 1`` are the walls, where $\psi' = 0$, $v = 0$ and $u$ is the centred
+        difference across the wall of the odd (free-slip) reflection of $\psi'$. The
+        interior rows equal [`QG.streamfunction`][] and [`QG.velocities`][]. For
+        interpolating observations anywhere between the walls.
+        """
+        psi = self.perturbation_streamfunction(x)
+        u, v = self._winds_with_walls(psi)
+        psi_total = _pad_walls(psi) + self._background_streamfunction()
+        return jnp.stack([psi_total, u, v])
 
     # ------------------------------------------------------------- diagnostics
 

@@ -61,15 +61,58 @@ class Step(AbstractTaper):
         return jnp.where(distance <= radius, 1.0, 0.0)
 
 
-def periodic_distance(
-    a: Float[Array, " m"], b: Float[Array, " k"], period: float
-) -> Float[Array, "m k"]:
-    """Pairwise distances on a circle of length `period` (``inf``: the real line)."""
-    d = jnp.abs(a[:, None] - b[None, :])
+def _axis_distance(difference: Array, period: float) -> Array:
+    """``|difference|`` on a circle of length `period` (``inf``: the real line)."""
+    d = jnp.abs(difference)
     if math.isinf(period):
         return d
     d = jnp.mod(d, period)
     return jnp.minimum(d, period - d)
+
+
+def periodic_distance(
+    a: Float[Array, " m"] | Float[Array, "m d"],
+    b: Float[Array, " k"] | Float[Array, "k d"],
+    period: float | tuple[float, ...],
+) -> Float[Array, "m k"]:
+    """Pairwise distances between points `a` and `b`.
+
+    1-D points (vectors): distances on a circle of length `period` (``inf``: the real
+    line). Points in ``d`` dimensions (rows of ``(m, d)`` arrays): the Euclidean
+    distance, with `period` a tuple of one period per axis, ``inf`` for an axis that is
+    not periodic (the QG channel: ``(L_x, inf)``).
+    """
+    if a.ndim == 1:
+        if isinstance(period, tuple):
+            raise ValueError(
+                f"1-D coordinates take one scalar `domain_length`, got the tuple {period}."
+            )
+        return _axis_distance(a[:, None] - b[None, :], period)
+    dimensions = a.shape[1]
+    if b.ndim != 2 or b.shape[1] != dimensions:
+        raise ValueError(f"Points of shape {a.shape} and {b.shape} do not have the same dimension.")
+    if not isinstance(period, tuple) or len(period) != dimensions:
+        raise ValueError(
+            f"`domain_length` must give one period per coordinate axis ({dimensions}; inf "
+            f"for a non-periodic axis, e.g. (L_x, inf) for a channel), got {period}."
+        )
+    squared = sum(
+        _axis_distance(a[:, None, axis] - b[None, :, axis], length) ** 2
+        for axis, length in enumerate(period)
+    )
+    # sqrt has an infinite derivative at 0 (coincident points): the double `where` keeps
+    # gradients with respect to the coordinates finite there.
+    positive = squared > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
+
+
+def _as_domain_length(value):
+    # Floats, and one float per axis as a tuple: the field is static, so hashable.
+    if value is None:
+        return None
+    if isinstance(value, tuple | list):
+        return tuple(float(length) for length in value)
+    return float(value)
 
 
 class Localisation(eqx.Module):
@@ -77,17 +120,27 @@ class Localisation(eqx.Module):
 
     **Arguments:**
 
-    - `radius`: localisation radius in grid units (``inf`` disables localisation).
+    - `radius`: localisation radius in grid units (``inf`` disables localisation), or
+      in the units of `coordinates` when given.
     - `taper`: the correlation function, default [`GaspariCohn`][].
-    - `coordinates`: position of each state variable; default ``0, 1, ..., n-1``.
-    - `domain_length`: period of the domain; default ``n`` (a periodic ring), ``inf``
-      for a non-periodic domain.
+    - `coordinates`: position of each state variable, shape ``(n,)`` on a line or ring,
+      or ``(n, d)`` in ``d`` dimensions; default ``0, 1, ..., n-1``.
+    - `domain_length`: for 1-D coordinates the period of the domain; default ``n`` (a
+      periodic ring), ``inf`` for a non-periodic domain. For ``(n, d)`` coordinates a
+      tuple of one period per axis, ``inf`` for a non-periodic axis: the QG channel is
+      ``Localisation(radius, coordinates=model.grid_coordinates(),
+      domain_length=(L_x, math.inf))``. Distances are then Euclidean.
+
+    The observation operator's `locations` must have the same dimension as the
+    coordinates.
     """
 
     radius: float = eqx.field(static=True)
     taper: AbstractTaper = GaspariCohn()
-    coordinates: Float[Array, " n"] | None = None
-    domain_length: float | None = eqx.field(static=True, default=None)
+    coordinates: Float[Array, " n"] | Float[Array, "n d"] | None = None
+    domain_length: float | tuple[float, ...] | None = eqx.field(
+        static=True, default=None, converter=_as_domain_length
+    )
 
     def __check_init__(self):
         if not (isinstance(self.radius, int | float) and self.radius > 0):
@@ -95,18 +148,56 @@ class Localisation(eqx.Module):
                 f"`localisation_radius` must be a number > 0 (grid units; inf disables "
                 f"localisation), got {self.radius}."
             )
+        dimensions = 1 if self.coordinates is None else self.coordinates.ndim
+        if dimensions not in (1, 2):
+            raise ValueError(
+                f"Localisation `coordinates` must have shape (n,) or (n, d), got "
+                f"{self.coordinates.shape}."
+            )
+        if dimensions == 2:
+            axes = self.coordinates.shape[1]
+            if not isinstance(self.domain_length, tuple) or len(self.domain_length) != axes:
+                raise ValueError(
+                    f"`coordinates` of shape {self.coordinates.shape} need `domain_length` "
+                    f"as a tuple of {axes} periods (inf for a non-periodic axis, e.g. "
+                    f"(L_x, inf) for the QG channel), got {self.domain_length}."
+                )
+        elif isinstance(self.domain_length, tuple):
+            raise ValueError(
+                f"A tuple `domain_length` {self.domain_length} needs `coordinates` of shape "
+                f"(n, {len(self.domain_length)}), one column per axis."
+            )
+        periods = self.domain_length if isinstance(self.domain_length, tuple) else ()
+        if not all(length > 0 for length in periods):
+            raise ValueError(
+                f"Every period in `domain_length` must be > 0 (inf: not periodic), got "
+                f"{self.domain_length}."
+            )
 
     def _geometry(self, state_size: int):
         coordinates = (
             jnp.arange(state_size, dtype=float) if self.coordinates is None else self.coordinates
         )
-        if coordinates.shape != (state_size,):
+        if coordinates.shape[0] != state_size:
             raise ValueError(
                 f"Localisation `coordinates` has shape {coordinates.shape}, the state has "
                 f"{state_size} variables."
             )
         period = float(state_size) if self.domain_length is None else self.domain_length
         return coordinates, period
+
+    def _locations(self, observation: AbstractObservation):
+        _require_uncorrelated(observation)
+        coordinates, period = self._geometry(observation.state_size)
+        where = observation.locations(coordinates)
+        if where.shape[1:] != coordinates.shape[1:]:
+            raise ValueError(
+                f"The observation locations have shape {where.shape} but the Localisation "
+                f"`coordinates` have shape {coordinates.shape}: give coordinates of the same "
+                "dimension (for QG observations: coordinates=model.grid_coordinates(), "
+                "domain_length=(L_x, inf))."
+            )
+        return coordinates, where, period
 
     def _taper(self, distance):
         if math.isinf(self.radius):
@@ -115,16 +206,12 @@ class Localisation(eqx.Module):
 
     def state_to_obs(self, observation: AbstractObservation) -> Float[Array, "n p"]:
         """Taper between every state variable and every observation."""
-        _require_uncorrelated(observation)
-        coordinates, period = self._geometry(observation.state_size)
-        where = observation.locations(coordinates)
+        coordinates, where, period = self._locations(observation)
         return self._taper(periodic_distance(coordinates, where, period))
 
     def obs_to_obs(self, observation: AbstractObservation) -> Float[Array, "p p"]:
         """Taper between pairs of observations."""
-        _require_uncorrelated(observation)
-        coordinates, period = self._geometry(observation.state_size)
-        where = observation.locations(coordinates)
+        _, where, period = self._locations(observation)
         return self._taper(periodic_distance(where, where, period))
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hybridda.filters import GaspariCohn, Gaussian, Localisation, Step, periodic_distance
-from hybridda.observe import GaussianError, LinearObservation, every_kth
+from hybridda.observe import GaussianError, IndexObservation, LinearObservation, every_kth
 
 from .helpers import gaspari_cohn, gc_half_width, ring_distance
 
@@ -152,3 +152,139 @@ def test_geometry_errors_name_the_argument():
         gaspari_cohn(np.array([0.0, 1.0, 2.0, 1.0]), gc_half_width(1.0)),
         atol=1e-14,
     )
+
+
+# ------------------------------------------------------------- 2-D geometry
+
+
+def brute_force_distance(a, b, periods):
+    """Euclidean distance with each axis on a ring of its period (inf: a line)."""
+    return np.array(
+        [
+            [
+                math.hypot(
+                    *(
+                        abs(p - q) if math.isinf(length) else ring_distance(p, q, length)
+                        for p, q, length in zip(point, other, periods, strict=True)
+                    )
+                )
+                for other in b
+            ]
+            for point in a
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    "periods", [(12.0, math.inf), (12.0, 6.3), (math.inf, math.inf), (5.0, math.inf, 3.0)]
+)
+def test_periodic_distance_in_several_dimensions_matches_brute_force(periods):
+    rng = np.random.default_rng(len(periods))
+    scale = np.array([10.0 if math.isinf(length) else length for length in periods])
+    a = rng.uniform(-1.0, 2.0, (7, len(periods))) * scale  # beyond one period: wraps
+    b = np.concatenate([a[:2], rng.uniform(0.0, 1.0, (5, len(periods))) * scale])
+    d = np.asarray(periodic_distance(jnp.asarray(a), jnp.asarray(b), periods))
+    np.testing.assert_allclose(d, brute_force_distance(a, b, periods), rtol=1e-13, atol=1e-12)
+    np.testing.assert_allclose(np.diag(d[:2, :2]), 0.0, atol=1e-12)
+
+
+def test_two_dimensional_distance_wraps_in_x_only():
+    periods = (12.0, math.inf)
+    a = jnp.asarray([[0.1, 0.2], [0.1, 0.2]])
+    b = jnp.asarray([[11.9, 0.2], [0.1, 6.1]])
+    d = np.asarray(periodic_distance(a, b, periods))
+    np.testing.assert_allclose(d[0, 0], 0.2, rtol=1e-12)  # across the periodic seam
+    np.testing.assert_allclose(d[1, 1], 5.9, rtol=1e-12)  # y does not wrap
+    np.testing.assert_allclose(d[0, 1], 5.9, rtol=1e-12)
+
+
+def test_two_dimensional_distance_has_finite_gradients_at_coincident_points():
+    points = jnp.asarray([[1.0, 2.0], [3.0, 0.5]])
+
+    def total(a):
+        return jnp.sum(periodic_distance(a, points, (12.0, math.inf)))
+
+    gradient = np.asarray(jax.grad(total)(points))
+    assert np.all(np.isfinite(gradient))
+    # d|a - b| / da = (a - b) / |a - b| from the other point only
+    unit = (np.asarray(points[0]) - np.asarray(points[1])) / np.linalg.norm(points[0] - points[1])
+    np.testing.assert_allclose(gradient, [unit, -unit], rtol=1e-12)
+
+
+def grid_2d(nx=6, ny=4, spacing=(1.5, 1.0)):
+    """Points of an nx x ny grid as (n, 2) coordinates, x fastest."""
+    x = np.arange(nx) * spacing[0]
+    y = np.arange(ny) * spacing[1]
+    return np.stack([np.tile(x, ny), np.repeat(y, nx)], axis=-1)
+
+
+@pytest.mark.parametrize("radius", [0.8, 2.0])
+def test_two_dimensional_state_to_obs_and_obs_to_obs_tapers(radius):
+    coordinates = grid_2d()  # 24 points on a 9 x 4 channel (x periodic)
+    periods = (9.0, math.inf)
+    localisation = Localisation(radius, coordinates=jnp.asarray(coordinates), domain_length=periods)
+    c = gc_half_width(radius)
+    # Grid-point observations: locations are the coordinates of the observed variables.
+    indices = np.array([0, 5, 7, 18, 23])
+    observation = IndexObservation(indices, 24, GaussianError(1.0))
+    expected = gaspari_cohn(brute_force_distance(coordinates, coordinates[indices], periods), c)
+    np.testing.assert_allclose(state_to_obs(localisation, observation), expected, atol=1e-14)
+    np.testing.assert_allclose(localisation.obs_to_obs(observation), expected[indices], atol=1e-14)
+    # Off-grid observations with 2-D locations.
+    where = np.array([[0.3, 0.1], [8.9, 2.9], [4.4, 1.7]])
+    located = LinearObservation(np.ones((3, 24)), GaussianError(1.0), jnp.asarray(where))
+    expected = gaspari_cohn(brute_force_distance(coordinates, where, periods), c)
+    np.testing.assert_allclose(state_to_obs(localisation, located), expected, atol=1e-14)
+    np.testing.assert_allclose(
+        localisation.obs_to_obs(located),
+        gaspari_cohn(brute_force_distance(where, where, periods), c),
+        atol=1e-14,
+    )
+    # radius = inf: no tapering
+    unbounded = Localisation(math.inf, coordinates=jnp.asarray(coordinates), domain_length=periods)
+    np.testing.assert_array_equal(state_to_obs(unbounded, located), 1.0)
+
+
+def test_integer_domain_lengths_become_floats():
+    assert Localisation(1.0, domain_length=16).domain_length == 16.0
+    two_d = Localisation(1.0, coordinates=jnp.zeros((3, 2)), domain_length=[9, math.inf])
+    assert two_d.domain_length == (9.0, math.inf)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"coordinates": jnp.zeros((4, 2))}, "`domain_length`"),
+        ({"coordinates": jnp.zeros((4, 2)), "domain_length": 9.0}, "`domain_length`"),
+        ({"coordinates": jnp.zeros((4, 2)), "domain_length": (9.0,)}, "`domain_length`"),
+        ({"coordinates": jnp.zeros((4, 2)), "domain_length": (9.0, -1.0)}, "`domain_length`"),
+        ({"domain_length": (9.0, math.inf)}, "`coordinates`"),
+        ({"coordinates": jnp.zeros(4), "domain_length": (9.0, math.inf)}, "`coordinates`"),
+    ],
+)
+def test_bad_two_dimensional_geometry_raises(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        Localisation(2.0, **arguments)
+
+
+def test_locations_of_another_dimension_raise():
+    # 1-D localisation, 2-D observation locations, and the converse
+    located_2d = LinearObservation(
+        jnp.ones((2, 4)), GaussianError(1.0), obs_locations=jnp.zeros((2, 2))
+    )
+    with pytest.raises(ValueError, match="same dimension"):
+        Localisation(2.0).state_to_obs(located_2d)
+    located_1d = LinearObservation(
+        jnp.ones((2, 4)), GaussianError(1.0), obs_locations=jnp.asarray([0.0, 1.0])
+    )
+    two_d = Localisation(2.0, coordinates=jnp.zeros((4, 2)), domain_length=(4.0, math.inf))
+    with pytest.raises(ValueError, match="same dimension"):
+        two_d.obs_to_obs(located_1d)
+    # grid-point observations take the dimension of the coordinates they select
+    assert two_d.obs_to_obs(every_kth(4, 2, GaussianError(1.0))).shape == (2, 2)
+    with pytest.raises(ValueError, match="`domain_length`"):
+        periodic_distance(jnp.zeros(3), jnp.zeros(2), (4.0, 1.0))
+    with pytest.raises(ValueError, match="`domain_length`"):
+        periodic_distance(jnp.zeros((3, 2)), jnp.zeros((2, 2)), 4.0)
+    with pytest.raises(ValueError, match="obs_locations"):
+        LinearObservation(jnp.ones((2, 4)), GaussianError(1.0), obs_locations=jnp.zeros((3, 2)))
