@@ -51,8 +51,30 @@ def _twin_parser(sub) -> None:
     p.add_argument("--obs-count", type=int, default=None, help="random: observations per cycle")
     p.add_argument("--obs-every", type=int, default=d.obs_every, help="every-k: k")
     p.add_argument("--obs-std", type=float, default=d.obs_std)
-    p.add_argument("--window", type=int, default=d.window, help="4D-Var: cycles per window")
-    p.add_argument("--outer-loops", type=int, default=d.outer_loops, help="4D-Var outer loops")
+    p.add_argument(
+        "--window", type=int, default=d.window, help="4D-Var / IEnKS: cycles per window (lag)"
+    )
+    p.add_argument(
+        "--shift",
+        type=int,
+        default=None,
+        help="cycles between window starts (default: 1 for ienks, the window for 4D-Var)",
+    )
+    p.add_argument(
+        "--mda", action="store_true", help="ienks: multiple data assimilation (default single)"
+    )
+    p.add_argument(
+        "--hybrid-weight",
+        type=float,
+        default=d.hybrid_weight,
+        help="4D-Var: B = (1-β) B_clim + β P_ens, the ensemble cycled by an ETKF",
+    )
+    p.add_argument(
+        "--outer-loops",
+        type=int,
+        default=d.outer_loops,
+        help="4D-Var outer loops; ienks Gauss-Newton iterations",
+    )
     p.add_argument(
         "--inner-loops", type=int, default=d.inner_loops, help="4D-Var CG iterations per loop"
     )
@@ -86,6 +108,9 @@ def _config_from_args(args) -> TwinConfig:
         localisation_radius=args.localisation_radius,
         background_scale=args.background_scale,
         window=args.window,
+        shift=args.shift,
+        multiple_da=args.mda,
+        hybrid_weight=args.hybrid_weight,
         outer_loops=args.outer_loops,
         inner_loops=args.inner_loops,
         model_error_std=args.model_error_std,
@@ -112,8 +137,8 @@ def run_twin_command(args) -> dict:
     ]
     print(
         f"{config.model} n={result.truth.shape[1]}  {config.method}"
-        f"{'' if 'var' in config.method else f' N={config.ensemble_size}'}"
-        f"{f' window={config.window}' if '4dvar' in config.method else ''}  "
+        f"{f' N={config.members}' if config.members > 1 else ''}"
+        f"{f' window={config.window} shift={config.stride}' if config.window > 1 else ''}  "
         f"{config.cycles} cycles (averages after {config.burn_in})"
     )
     for name, value in rows:

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from ._method import AbstractAnalysisMethod, AbstractWindowMethod
+from ._method import AbstractAnalysisMethod, AbstractWindowMethod, WindowWeights, window_weights
 from .observe import AbstractObservation, check_observations
 
 
@@ -278,19 +278,22 @@ def assimilate_windows(
     *,
     t0: float | Float[Array, ""] = 0.0,
     first_cycle: int | Int[Array, ""] = 0,
+    weights: WindowWeights | None = None,
+    checkpoint: int | None = None,
 ) -> Trajectory:
     """Cycle a window method (4D-Var, IEnKS) over `y_seq`, one `lax.scan` over windows.
 
-    The ``K`` cycles are cut into ``K / L`` windows of ``L = method.window`` cycles (``K``
-    must be a multiple of ``L``). Window ``w`` starts from the background `init` (or the
-    previous window's final analysis), assimilates ``y_seq[wL:(w+1)L]`` and hands its
-    window-end analysis to the next window. The returned [`Trajectory`][] has one entry
-    per window, at its end: `forecast_mean` is the background propagated over the window
-    (no observation used), `analysis_mean` the window-end analysis (which has used every
-    observation up to that time, comparable to a filter's analysis). Keys: window ``w``
-    uses ``fold_in(key, first_cycle + wL)``.
+    Windows hold ``L = method.window`` cycles and slide by ``S = method.stride``:
+    window ``j`` covers cycles ``[jS, jS + L)`` and starts from `init` (``j = 0``) or the
+    previous window's `final` analysis. Which observations each window assimilates is
+    [`hybridda._method.window_weights`][] (single or multiple DA). ``K - L`` must be a
+    multiple of ``S``. The returned [`Trajectory`][] has one entry per window, at its
+    end: `forecast_mean` is the background propagated to the window end before this
+    window's observations, `analysis_mean` the window-end analysis (which has used every
+    observation up to that time, comparable to a filter's analysis). Keys: window ``j``
+    uses ``fold_in(key, first_cycle + jS)``.
     """
-    L = method.window
+    L, S = method.window, method.stride
     if init.ndim != 2 or init.shape[0] < method.min_ensemble_size:
         raise ValueError(
             f"`init` must have shape (N >= {method.min_ensemble_size}, n) for "
@@ -300,50 +303,63 @@ def assimilate_windows(
         raise ValueError(
             f"`y_seq` must have shape (cycles, {observation.obs_size}), got {y_seq.shape}."
         )
-    if y_seq.shape[0] % L:
+    cycles = y_seq.shape[0]
+    if cycles < L or (cycles - L) % S:
         raise ValueError(
-            f"The number of cycles ({y_seq.shape[0]}) must be a multiple of the window ({L})."
+            f"The number of cycles ({cycles}) must be the window ({L}) plus a multiple of "
+            f"the shift ({S})."
         )
     y_seq = check_observations(y_seq, "y_seq")
-    windows = y_seq.shape[0] // L
-    starts = first_cycle + L * jnp.arange(windows)
+    windows = (cycles - L) // S + 1
+    offsets = S * jnp.arange(windows)
+    if weights is None:
+        weights = window_weights(L, S, windows, method.multiple_da)
+    elif weights.assimilate.shape != (windows, L):
+        raise ValueError(
+            f"`weights` must have shape ({windows}, {L}) (windows, cycles per window), got "
+            f"{weights.assimilate.shape}."
+        )
     messages = tuple(
-        f"The cost or analysis of window {w} (cycles {w * L} to {(w + 1) * L - 1} of this "
+        f"The cost or analysis of window {w} (cycles {w * S} to {w * S + L - 1} of this "
         "run) is non-finite; check the observations, covariances and the model's stability."
         for w in range(windows)
     )
-    start_times = t0 + L * model.cycle_length * jnp.arange(windows)
-
-    def propagate(E, time):
-        def one(E, k):
-            return model.ensemble(E, time + k * model.cycle_length), None
-
-        return jax.lax.scan(one, E, jnp.arange(L))[0]
+    start_times = t0 + offsets * model.cycle_length
+    y_windows = y_seq[offsets[:, None] + jnp.arange(L)[None, :]]  # (windows, L, p)
 
     def step(E, inputs):
-        start, time, y_window = inputs
-        forecast = propagate(E, time)
+        offset, time, y_window, weight = inputs
+        start = first_cycle + offset
         result = method.analyse_window(
-            model, observation, E, y_window, time, start, jax.random.fold_in(key, start)
+            model, observation, E, y_window, weight, time, start, jax.random.fold_in(key, start)
         )
         final = eqx.branched_error_if(
             result.final,
-            ~(jnp.all(jnp.isfinite(result.final)) & jnp.all(jnp.isfinite(result.costs))),
-            (start - first_cycle) // L,
+            ~(
+                jnp.all(jnp.isfinite(result.final))
+                & jnp.all(jnp.isfinite(result.analysis))
+                & jnp.all(jnp.isfinite(result.costs))
+            ),
+            offset // S,
             messages,
         )
         out = (
             time + L * model.cycle_length,
-            forecast.mean(axis=0),
-            final.mean(axis=0),
-            _spread(forecast),
-            _spread(final),
+            result.forecast.mean(axis=0),
+            result.analysis.mean(axis=0),
+            _spread(result.forecast),
+            _spread(result.analysis),
             result.costs,
             result.converged,
         )
         return final, out
 
-    final, out = jax.lax.scan(step, init, (starts, start_times, y_seq.reshape(windows, L, -1)))
+    inputs = (offsets, start_times, y_windows, weights)
+    if checkpoint is None:
+        final, out = jax.lax.scan(step, init, inputs)
+    else:
+        rematerialised = jax.checkpoint(functools.partial(jax.lax.scan, step), prevent_cse=False)
+        final, out = scan_in_blocks(rematerialised, init, inputs, checkpoint)
     times, forecast_mean, analysis_mean, forecast_spread, analysis_spread, costs, converged = out
     return Trajectory(
         times,

@@ -21,10 +21,17 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
+import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from ._method import AbstractAnalysisMethod
-from .cycle import EnsembleModel, check_block_size, check_cycling_arguments, scan_in_blocks
+from ._method import AbstractAnalysisMethod, AbstractWindowMethod
+from .cycle import (
+    EnsembleModel,
+    assimilate_windows,
+    check_block_size,
+    check_cycling_arguments,
+    scan_in_blocks,
+)
 from .filters import AbstractEnsembleFilter, ensemble_innovations
 from .observe import AbstractObservation, check_observations, observed_mask
 from .variational import Var3D
@@ -37,7 +44,7 @@ _NEEDS_TRUTH = ("analysis_rmse", "forecast_rmse")
 def cycled_loss(
     model: EnsembleModel,
     observation: AbstractObservation,
-    method: AbstractAnalysisMethod,
+    method: AbstractAnalysisMethod | AbstractWindowMethod,
     y_seq: Float[Array, "K p"],
     init: Float[Array, "N n"],
     key: PRNGKeyArray,
@@ -116,6 +123,13 @@ def cycled_loss(
       ``experiments/learn_forcing.py``). Combines with `checkpoint` (blocks of ``B``
       cycles inside each window).
 
+    **Window methods** (4D-Var, IEnKS; [`hybridda.cycle.assimilate_windows`][]) score
+    one entry per window, at its end: the window-end analysis and background forecast
+    against `truth`, or the forecast's misfit to that cycle's observation; a window
+    counts when its end is at a cycle ``≥ burn_in``. Their forecast covariance is not
+    formed, so ``"negative_log_likelihood"`` and `truncate` are for sequential methods;
+    `checkpoint` counts windows.
+
     **Returns:** the scalar loss. A non-finite per-cycle score (a diverged run) raises
     an `eqx.EquinoxRuntimeError` naming the first such cycle, rather than returning NaN.
 
@@ -126,15 +140,14 @@ def cycled_loss(
     if kind not in LOSS_KINDS:
         raise ValueError(f"Unknown loss `kind` {kind!r}; choose one of {', '.join(LOSS_KINDS)}.")
     check_cycling_arguments(observation, method, y_seq, init)
+    if isinstance(method, AbstractWindowMethod):
+        return _windowed_loss(
+            model, observation, method, y_seq, init, key, kind, truth, burn_in, checkpoint,
+            truncate, t0, first_cycle,
+        )  # fmt: skip
     cycles, state_size = y_seq.shape[0], init.shape[1]
-    if kind in _NEEDS_TRUTH:
-        if truth is None:
-            raise ValueError(f"The {kind!r} loss needs `truth` (shape ({cycles}, n)).")
-        if truth.shape != (cycles, state_size):
-            raise ValueError(
-                f"`truth` must have shape ({cycles}, {state_size}), got {truth.shape}."
-            )
-    else:
+    _check_truth(kind, truth, cycles, state_size)
+    if kind not in _NEEDS_TRUTH:
         truth = jnp.zeros((cycles, 0), dtype=init.dtype)  # unused; keeps one scan signature
     if kind == "negative_log_likelihood" and init.shape[0] < 2 and not isinstance(method, Var3D):
         raise ValueError(
@@ -175,6 +188,57 @@ def cycled_loss(
         _, (scores, counted) = scan_in_blocks(window, init, inputs, truncate)
 
     weights = jnp.where(counted & (jnp.arange(cycles) >= burn_in), 1.0, 0.0)
+    loss = jnp.sum(weights * scores) / jnp.sum(weights)
+    return _error_if_not_finite(loss, scores, kind, first_cycle)
+
+
+def _check_truth(kind, truth, cycles, state_size):
+    if kind not in _NEEDS_TRUTH:
+        return
+    if truth is None:
+        raise ValueError(f"The {kind!r} loss needs `truth` (shape ({cycles}, n)).")
+    if truth.shape != (cycles, state_size):
+        raise ValueError(f"`truth` must have shape ({cycles}, {state_size}), got {truth.shape}.")
+
+
+def _windowed_loss(
+    model, observation, method, y_seq, init, key, kind, truth, burn_in, checkpoint, truncate,
+    t0, first_cycle,
+):  # fmt: skip
+    """`cycled_loss` of a window method: one score per window, at its end."""
+    cycles = y_seq.shape[0]
+    if kind == "negative_log_likelihood":
+        raise ValueError(
+            f"{type(method).__name__} forms no forecast covariance: use kind="
+            "'innovation_rmse' (no truth needed), 'analysis_rmse' or 'forecast_rmse'."
+        )
+    if truncate is not None:
+        raise ValueError("`truncate` is for sequential methods; use `checkpoint` for windows.")
+    _check_truth(kind, truth, cycles, init.shape[1])
+    if not isinstance(burn_in, int) or not 0 <= burn_in < cycles:
+        raise ValueError(f"`burn_in` must be an integer in [0, {cycles}), got {burn_in!r}.")
+    trajectory = assimilate_windows(
+        model, observation, method, y_seq, init, key, t0=t0, first_cycle=first_cycle,
+        checkpoint=checkpoint,
+    )  # fmt: skip
+    windows = trajectory.times.shape[0]
+    ends = method.window - 1 + method.stride * np.arange(windows)  # cycle of each window end
+    y_ends = check_observations(y_seq, "y_seq")[ends]
+    if kind == "innovation_rmse":
+
+        def misfit(k, y, x):
+            mask = observed_mask(y)
+            residual = jnp.where(mask, y - observation.at_cycle(k)(x), 0.0)
+            return _root(jnp.sum(residual**2) / jnp.maximum(jnp.sum(mask), 1)), jnp.any(mask)
+
+        scores, counted = jax.vmap(misfit)(first_cycle + ends, y_ends, trajectory.forecast_mean)
+    else:
+        mean = trajectory.analysis_mean if kind == "analysis_rmse" else trajectory.forecast_mean
+        scores = jax.vmap(_root)(jnp.mean((mean - truth[ends]) ** 2, axis=1))
+        counted = jnp.ones(windows, dtype=bool)
+    if ends[-1] < burn_in:
+        raise ValueError(f"`burn_in` ({burn_in}) leaves no window end to score.")
+    weights = jnp.where(counted & (ends >= burn_in), 1.0, 0.0)
     loss = jnp.sum(weights * scores) / jnp.sum(weights)
     return _error_if_not_finite(loss, scores, kind, first_cycle)
 

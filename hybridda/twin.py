@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import metrics
-from ._method import AbstractAnalysisMethod, AbstractWindowMethod
+from ._method import AbstractAnalysisMethod, AbstractWindowMethod, window_weights
 from .cycle import (
     Trajectory,
     assimilate,
@@ -27,7 +27,7 @@ from .cycle import (
     synthesise_observations,
 )
 from .dynamics import AbstractDynamics, Lorenz63, Lorenz96, TwoScaleLorenz96
-from .filters import ETKF, LETKF, EnKF, EnKFN, Localisation, multiplicative
+from .filters import ETKF, LETKF, EnKF, EnKFN, IEnKS, Localisation, multiplicative
 from .integrate import Resolvent
 from .observe import (
     AbstractObservation,
@@ -39,10 +39,20 @@ from .observe import (
 from .variational import FourDVar, Var3D, climatological_covariance
 
 MODELS = ("lorenz63", "lorenz96", "lorenz96-two-scale")
-METHODS = ("enkf", "etkf", "enkf-n", "letkf", "3dvar", "4dvar", "weak-4dvar", "incremental-4dvar")
-# Methods needing a climatological B; the variational window methods.
+METHODS = (
+    "enkf",
+    "etkf",
+    "enkf-n",
+    "letkf",
+    "ienks",
+    "3dvar",
+    "4dvar",
+    "weak-4dvar",
+    "incremental-4dvar",
+)
+# Methods needing a climatological B; the window methods (4D-Var, IEnKS).
 _STATIC_B = ("3dvar", "4dvar", "weak-4dvar", "incremental-4dvar")
-_WINDOWED = ("4dvar", "weak-4dvar", "incremental-4dvar")
+_WINDOWED = ("4dvar", "weak-4dvar", "incremental-4dvar", "ienks")
 OBSERVATIONS = ("all", "every-k", "random")
 
 
@@ -72,6 +82,9 @@ class TwinConfig:
     localisation_radius: float | None = None
     background_scale: float = 0.02
     window: int = 1
+    shift: int | None = None
+    multiple_da: bool = False
+    hybrid_weight: float = 0.0
     outer_loops: int = 10
     inner_loops: int = 20
     model_error_std: float = 0.1
@@ -86,20 +99,30 @@ class TwinConfig:
         _choice("method", self.method, METHODS)
         _choice("obs", self.obs, OBSERVATIONS)
         if self.window < 1:
+            raise ValueError(f"`--window` (cycles per window) must be >= 1, got {self.window}.")
+        if self.shift is not None and not 1 <= self.shift <= self.window:
             raise ValueError(
-                f"`--window` (cycles per 4D-Var window) must be >= 1, got {self.window}."
+                f"`--shift` must be in [1, window={self.window}] (cycles between windows), "
+                f"got {self.shift}."
             )
-        if self.method in _WINDOWED and self.cycles % self.window:
-            raise ValueError(
-                f"`--cycles` ({self.cycles}) must be a multiple of `--window` ({self.window})."
-            )
-        if self.method in _WINDOWED and self.burn_in % self.window:
-            raise ValueError(f"`--burn-in` must be a multiple of `--window` ({self.window}).")
+        if self.method in _WINDOWED:
+            stride = self.stride
+            if self.cycles < self.window or (self.cycles - self.window) % stride:
+                raise ValueError(
+                    f"`--cycles` ({self.cycles}) must be `--window` ({self.window}) plus a "
+                    f"multiple of the shift ({stride})."
+                )
+        if self.multiple_da and self.method != "ienks":
+            raise ValueError("`--mda` (multiple data assimilation) is for `--method ienks`.")
+        if not 0 <= self.hybrid_weight <= 1:
+            raise ValueError(f"`--hybrid-weight` must be in [0, 1], got {self.hybrid_weight}.")
+        if self.hybrid_weight > 0 and self.method not in ("4dvar", "incremental-4dvar"):
+            raise ValueError("`--hybrid-weight` (ensemble B) is for 4dvar / incremental-4dvar.")
         if self.outer_loops < 1 or self.inner_loops < 1:
             raise ValueError("`--outer-loops` and `--inner-loops` must be >= 1.")
         if not self.model_error_std > 0:
             raise ValueError(f"`--model-error-std` must be > 0, got {self.model_error_std}.")
-        if self.method not in _STATIC_B and self.ensemble_size < 2:
+        if (self.method not in _STATIC_B or self.hybrid_weight > 0) and self.ensemble_size < 2:
             raise ValueError(f"`--ensemble-size` must be >= 2, got {self.ensemble_size}.")
         if not self.inflation > 0:
             raise ValueError(f"`--inflation` must be > 0 (1.0: none), got {self.inflation}.")
@@ -120,6 +143,20 @@ class TwinConfig:
             )
         if self.steps_per_cycle < 1:
             raise ValueError(f"`--steps-per-cycle` must be >= 1, got {self.steps_per_cycle}.")
+
+    @property
+    def stride(self) -> int:
+        """Cycles between window starts: `shift`, else 1 for the IEnKS, the window for 4D-Var."""
+        if self.shift is not None:
+            return self.shift
+        return 1 if self.method == "ienks" else self.window
+
+    @property
+    def members(self) -> int:
+        """Ensemble size actually cycled (1 for 3D-Var / 4D-Var without hybrid B)."""
+        if self.method in _STATIC_B and self.hybrid_weight == 0:
+            return 1
+        return self.ensemble_size
 
     def replace(self, **changes) -> "TwinConfig":
         return dataclasses.replace(self, **changes)
@@ -184,6 +221,14 @@ def build_method(
         if localisation is None:
             raise ValueError("LETKF needs `--localisation-radius` (grid units, e.g. 4).")
         return LETKF(localisation=localisation, inflation=inflation)
+    if config.method == "ienks":
+        return IEnKS(
+            window=config.window,
+            shift=config.stride,
+            iterations=config.outer_loops,
+            multiple_da=config.multiple_da,
+            inflation=inflation,
+        )
     if climatology is None:
         raise ValueError(f"{config.method} needs the climatological covariance (see `run_twin`).")
     B = config.background_scale * climatology
@@ -192,6 +237,9 @@ def build_method(
     return FourDVar(
         B,
         window=config.window,
+        shift=config.stride,
+        ensemble_filter=ETKF(inflation=inflation) if config.hybrid_weight > 0 else None,
+        hybrid_weight=config.hybrid_weight,
         minimiser="incremental" if config.method == "incremental-4dvar" else "gauss-newton",
         outer_loops=config.outer_loops,
         inner_loops=config.inner_loops,
@@ -248,22 +296,40 @@ def run_twin(
             eqx.filter_jit(simulate)(model, x_clim, config.climatology_cycles)
         )
     method = build_method(config, dynamics, climatology)
-    members = 1 if config.method in _STATIC_B else config.ensemble_size
+    members = config.members
     spread = 0.0 if members == 1 else config.initial_spread
     E0 = initial_ensemble(k_init, x0, members, spread)
 
     # Equal chunks (a divisor of the number of windows) share one compiled function.
-    window = config.window if config.method in _WINDOWED else 1
-    windows = config.cycles // window
+    windowed = config.method in _WINDOWED
+    window, stride = (config.window, config.stride) if windowed else (1, 1)
+    windows = (config.cycles - window) // stride + 1
     chunks = max(c for c in range(1, max(1, min(chunks, windows)) + 1) if windows % c == 0)
-    size = config.cycles // chunks
-    cycle_method = assimilate_windows if config.method in _WINDOWED else assimilate
+    per_chunk = windows // chunks  # windows (or cycles) per chunk
+    size = (per_chunk - 1) * stride + window  # cycles of observations per chunk
+    weights = None
+    if windowed:
+        weights = window_weights(window, stride, windows, method.multiple_da)
 
-    def chunk(E, y_chunk, first, t0):
-        return cycle_method(model, observation, method, y_chunk, E, k_da, t0=t0, first_cycle=first)
+    def chunk(E, y_chunk, first, t0, weights):
+        if not windowed:
+            return assimilate(
+                model, observation, method, y_chunk, E, k_da, t0=t0, first_cycle=first
+            )
+        return assimilate_windows(
+            model, observation, method, y_chunk, E, k_da, t0=t0, first_cycle=first, weights=weights
+        )
+
+    def chunk_weights(c):
+        part = slice(c * per_chunk, (c + 1) * per_chunk)
+        return None if weights is None else jax.tree.map(lambda w: w[part], weights)
 
     start = time.perf_counter()
-    compiled = jax.jit(chunk).lower(E0, y[:size], jnp.asarray(0), jnp.asarray(0.0)).compile()
+    compiled = (
+        jax.jit(chunk)
+        .lower(E0, y[:size], jnp.asarray(0), jnp.asarray(0.0), chunk_weights(0))
+        .compile()
+    )
     compile_seconds = time.perf_counter() - start
 
     if progress is None:
@@ -273,19 +339,22 @@ def run_twin(
     parts, E, run_seconds = [], E0, 0.0
     with tqdm(total=config.cycles, desc=f"{config.method} cycles", disable=not progress) as bar:
         for c in range(chunks):
-            first = c * size
+            first = c * per_chunk * stride
             t0 = first * model.cycle_length
             start = time.perf_counter()
-            part = compiled(E, y[first : first + size], jnp.asarray(first), jnp.asarray(t0))
+            part = compiled(
+                E, y[first : first + size], jnp.asarray(first), jnp.asarray(t0), chunk_weights(c)
+            )
             jax.block_until_ready(part)
             run_seconds += time.perf_counter() - start
             parts.append(part)
             E = part.final_ensemble
-            bar.update(size)
+            bar.update(per_chunk * stride if c else size)
     trajectory = Trajectory.concatenate(parts)
 
-    # Window methods report one analysis per window, at its end.
-    results = metrics.summary(truth[window - 1 :: window], trajectory, config.burn_in // window)
+    # Window methods report one analysis per window, at its end (cycle jS + L - 1).
+    ends = window - 1 + stride * np.arange(windows)
+    results = metrics.summary(truth[ends], trajectory, int(np.sum(ends < config.burn_in)))
     if trajectory.converged is not None:
         results["unconverged_windows"] = int(np.sum(~np.asarray(trajectory.converged)))
     results.update(

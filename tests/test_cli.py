@@ -166,7 +166,11 @@ def test_3dvar_from_the_command_line(capsys):
         (["--obs-std", "0"], "obs-std"),
         (["--method", "enkf-n", "--hyperprior-boost", "0"], "hyperprior-boost"),
         (["--method", "4dvar", "--window", "0"], "window"),
-        (["--method", "4dvar", "--window", "7"], "multiple of `--window`"),
+        (["--method", "4dvar", "--window", "7"], "must be `--window` (7) plus a multiple"),
+        (["--method", "ienks", "--window", "2", "--shift", "3"], "--shift"),
+        (["--method", "4dvar", "--mda"], "--mda"),
+        (["--method", "etkf", "--hybrid-weight", "0.5"], "--hybrid-weight"),
+        (["--method", "4dvar", "--hybrid-weight", "1.5"], "--hybrid-weight"),
         (["--burn-in", "400", "--cycles", "300"], "burn-in"),
     ],
 )

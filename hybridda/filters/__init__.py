@@ -6,6 +6,7 @@ from ._base import ensemble_innovations as ensemble_innovations
 from .enkf import EnKF as EnKF
 from .enkf_n import EnKFN as EnKFN
 from .etkf import ETKF as ETKF
+from .ienks import IEnKS as IEnKS
 from .inflation import RTPP as RTPP
 from .inflation import RTPS as RTPS
 from .inflation import AbstractInflation as AbstractInflation
@@ -28,6 +29,7 @@ __all__ = [
     "EnKFN",
     "ETKF",
     "EnsembleInnovations",
+    "IEnKS",
     "GaspariCohn",
     "Gaussian",
     "LETKF",

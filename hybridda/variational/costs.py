@@ -75,6 +75,9 @@ class StrongFourDVar(eqx.Module):
     - `observation`: operator and error model; `y`: observations ``(L, p)``.
     - `background`: ``x_b``; `background_covariance`: ``B``.
     - `t0`, `first_cycle`: time and global cycle index of the window start.
+    - `obs_weights`: optional weights ``β_k ≥ 0`` of each cycle's observation term
+      (``R_k / β_k``); 0 drops a cycle's observations (already assimilated in an
+      overlapping window), fractions split them between windows (multiple DA).
     """
 
     model: eqx.Module
@@ -84,9 +87,10 @@ class StrongFourDVar(eqx.Module):
     background_covariance: Float[Array, "n n"] = eqx.field(converter=as_float_array)
     t0: float | Float[Array, ""] = 0.0
     first_cycle: int | Int[Array, ""] = 0
+    obs_weights: Float[Array, " L"] | None = None
 
     def __check_init__(self):
-        _check_window(self.y, self.observation, self.background)
+        _check_window(self.y, self.observation, self.background, self.obs_weights)
         require_spd("background_covariance (B)", self.background_covariance)
 
     @property
@@ -110,7 +114,9 @@ class StrongFourDVar(eqx.Module):
 
     def observation_residuals(self, states: Float[Array, "L n"]) -> Float[Array, "L p"]:
         """Whitened ``y_k - H_k(x_k)`` (zero where unobserved)."""
-        return _observation_residuals(self.observation, self.y, states, self.first_cycle)
+        return _observation_residuals(
+            self.observation, self.y, states, self.first_cycle, self.obs_weights
+        )
 
     def residuals(self, x0: Float[Array, " n"]) -> Float[Array, " m"]:
         return jnp.concatenate(
@@ -151,9 +157,10 @@ class WeakFourDVar(eqx.Module):
     model_error_covariance: Float[Array, "n n"] = eqx.field(converter=as_float_array)
     t0: float | Float[Array, ""] = 0.0
     first_cycle: int | Int[Array, ""] = 0
+    obs_weights: Float[Array, " L"] | None = None
 
     def __check_init__(self):
-        _check_window(self.y, self.observation, self.background)
+        _check_window(self.y, self.observation, self.background, self.obs_weights)
         require_spd("background_covariance (B)", self.background_covariance)
         require_spd("model_error_covariance (Q)", self.model_error_covariance)
 
@@ -187,7 +194,9 @@ class WeakFourDVar(eqx.Module):
         return x0, zeta @ jnp.linalg.cholesky(self.model_error_covariance).T
 
     def observation_residuals(self, states: Float[Array, "L n"]) -> Float[Array, "L p"]:
-        return _observation_residuals(self.observation, self.y, states, self.first_cycle)
+        return _observation_residuals(
+            self.observation, self.y, states, self.first_cycle, self.obs_weights
+        )
 
     def residuals(self, control) -> Float[Array, " m"]:
         return jnp.concatenate(
@@ -211,7 +220,7 @@ class WeakFourDVar(eqx.Module):
         return 0.5 * jnp.sum(self.residuals(control) ** 2)
 
 
-def _check_window(y, observation, background):
+def _check_window(y, observation, background, obs_weights=None):
     if y.ndim != 2 or y.shape[0] < 1:
         raise ValueError(
             f"`y` must hold the window's observations, shape (window >= 1, p), got {y.shape}."
@@ -221,6 +230,11 @@ def _check_window(y, observation, background):
     if background.shape != (observation.state_size,):
         raise ValueError(
             f"`background` must have shape ({observation.state_size},), got {background.shape}."
+        )
+    if obs_weights is not None and obs_weights.shape != (y.shape[0],):
+        raise ValueError(
+            f"`obs_weights` must have one weight per cycle, shape ({y.shape[0]},), "
+            f"got {obs_weights.shape}."
         )
 
 
@@ -237,7 +251,7 @@ def _forecast(model, x0, forcing, window, t0):
     return states
 
 
-def _observation_residuals(observation, y, states, first_cycle):
+def _observation_residuals(observation, y, states, first_cycle, obs_weights=None):
     y = check_observations(y)
 
     def one(k, y_k, x_k):
@@ -246,4 +260,7 @@ def _observation_residuals(observation, y, states, first_cycle):
         innovation = jnp.where(mask, y_k - operator(x_k), 0.0)
         return operator.error.whiten(innovation, mask)
 
-    return jax.vmap(one)(jnp.arange(y.shape[0]), y, states)
+    residuals = jax.vmap(one)(jnp.arange(y.shape[0]), y, states)
+    if obs_weights is None:
+        return residuals
+    return jnp.sqrt(obs_weights)[:, None] * residuals

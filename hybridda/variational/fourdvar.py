@@ -3,11 +3,17 @@
 from typing import Literal
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .._checks import as_float_array, require_spd
-from .._method import AbstractWindowMethod, WindowAnalysis
+from .._checks import as_float_array, concrete, require_spd
+from .._method import (
+    AbstractAnalysisMethod,
+    AbstractWindowMethod,
+    WindowAnalysis,
+    check_window_shape,
+)
 from .costs import StrongFourDVar, WeakFourDVar
 from .solve import gauss_newton, incremental, quasi_newton
 
@@ -19,18 +25,30 @@ class FourDVar(AbstractWindowMethod):
 
     Each window minimises [`StrongFourDVar`][] (or [`WeakFourDVar`][] when a
     `model_error_covariance` ``Q`` is given) from the background, the mean of the
-    incoming state (``N = 1``), and hands the window-end state of the analysed
-    trajectory to the next window (the background "propagated").
+    incoming state, and hands the analysed state `shift` cycles on (the next window's
+    start) to the next window: the background "propagated". With ``shift < window``
+    the windows overlap and each one assimilates only its new observations (DAPPER's
+    ``Var4D(Lag=L)`` for ``shift = 1``).
+
+    **Hybrid background covariance:** with an `ensemble_filter` and `hybrid_weight`
+    ``β > 0`` the method carries an ensemble (``N ≥ 2``) and uses
+    ``B = (1 - β) B_static + β ρ ∘ P_e`` with ``P_e`` the covariance of the incoming
+    ensemble and ``ρ`` an optional `ensemble_localisation` matrix (Hamill and Snyder
+    2000; Lorenc 2003). The ensemble is cycled by the filter over the window and then
+    re-centred on the 4D-Var analysis (``shift`` must equal ``window``). ``B`` is formed
+    explicitly (n × n), which suits the small and mid-sized models here.
 
     **Arguments:**
 
     - `background_covariance`: static ``B``, e.g. ``scale × climatological covariance``.
-    - `window`: cycles per window ``L`` (≥ 1).
+    - `window`: cycles per window ``L`` (≥ 1); `shift`: cycles between window starts
+      (default: the whole window).
     - `minimiser`: ``"gauss-newton"`` (default), ``"incremental"`` or ``"quasi-newton"``.
     - `outer_loops`, `inner_loops`: Gauss-Newton / incremental outer iterations and CG
       iterations per outer loop (quasi-Newton: `outer_loops` L-BFGS iterations).
     - `tolerance`: stopping criterion of the minimiser.
     - `model_error_covariance`: ``Q`` for weak-constraint 4D-Var (``None``: strong).
+    - `ensemble_filter`, `hybrid_weight`, `ensemble_localisation`: the hybrid option.
 
     A non-finite cost is not raised here but returned, so that
     [`hybridda.cycle.assimilate_windows`][] stops with an error naming the window.
@@ -38,6 +56,7 @@ class FourDVar(AbstractWindowMethod):
 
     background_covariance: Float[Array, "n n"] = eqx.field(converter=as_float_array)
     window: int = eqx.field(static=True, default=1)
+    shift: int | None = eqx.field(static=True, default=None)
     minimiser: Literal["gauss-newton", "incremental", "quasi-newton"] = eqx.field(
         static=True, default="gauss-newton"
     )
@@ -45,42 +64,58 @@ class FourDVar(AbstractWindowMethod):
     inner_loops: int = eqx.field(static=True, default=50)
     tolerance: float = eqx.field(static=True, default=1e-8)
     model_error_covariance: Float[Array, "n n"] | None = None
+    ensemble_filter: AbstractAnalysisMethod | None = None
+    hybrid_weight: float | Float[Array, ""] = 0.0
+    ensemble_localisation: Float[Array, "n n"] | None = None
 
     def __check_init__(self):
         require_spd("background_covariance (B)", self.background_covariance)
         if self.model_error_covariance is not None:
             require_spd("model_error_covariance (Q)", self.model_error_covariance)
-        if not isinstance(self.window, int) or self.window < 1:
-            raise ValueError(
-                f"`window` (cycles per 4D-Var window) must be >= 1, got {self.window}."
-            )
+        check_window_shape(self.window, self.shift)
         if self.minimiser not in MINIMISERS:
             raise ValueError(f"`minimiser` must be one of {MINIMISERS}, got {self.minimiser!r}.")
         if self.outer_loops < 1 or self.inner_loops < 1:
             raise ValueError("`outer_loops` and `inner_loops` must be >= 1.")
+        weight = concrete(self.hybrid_weight)
+        if weight is not None and not 0.0 <= float(weight) <= 1.0:
+            raise ValueError(f"`hybrid_weight` (β) must lie in [0, 1], got {weight}.")
+        if self.hybrid and self.stride != self.window:
+            raise ValueError(
+                "The hybrid background covariance needs non-overlapping windows: leave "
+                "`shift` at None (= window)."
+            )
+
+    @property
+    def hybrid(self) -> bool:
+        """Whether an ensemble is carried to build the hybrid ``B``."""
+        return self.ensemble_filter is not None
 
     @property
     def min_ensemble_size(self) -> int:
-        return 1
+        return 2 if self.hybrid else 1
 
-    def analyse_window(self, model, observation, E, y, t0, first_cycle, key) -> WindowAnalysis:
-        del key
+    def _background_covariance(self, E):
+        if not self.hybrid:
+            return self.background_covariance
+        A = E - E.mean(axis=0)[None, :]
+        ensemble_covariance = A.T @ A / (E.shape[0] - 1)
+        if self.ensemble_localisation is not None:
+            ensemble_covariance = self.ensemble_localisation * ensemble_covariance
+        beta = self.hybrid_weight
+        return (1 - beta) * self.background_covariance + beta * ensemble_covariance
+
+    def analyse_window(
+        self, model, observation, E, y, weights, t0, first_cycle, key
+    ) -> WindowAnalysis:
         background = E.mean(axis=0)
+        arguments = (model, observation, y, background, self._background_covariance(E))
         if self.model_error_covariance is None:
-            cost = StrongFourDVar(
-                model, observation, y, background, self.background_covariance, t0, first_cycle
-            )
+            cost = StrongFourDVar(*arguments, t0, first_cycle, weights.assimilate)
             control = background
         else:
             cost = WeakFourDVar(
-                model,
-                observation,
-                y,
-                background,
-                self.background_covariance,
-                self.model_error_covariance,
-                t0,
-                first_cycle,
+                *arguments, self.model_error_covariance, t0, first_cycle, weights.assimilate
             )
             control = cost.initial_control()
         if self.minimiser == "gauss-newton":
@@ -109,10 +144,33 @@ class FourDVar(AbstractWindowMethod):
                 tolerance=self.tolerance,
                 throw=False,
             )
-        trajectory = cost.trajectory(result.control)
+        analysed = cost.trajectory(result.control)
+        background_states = cost.trajectory(control)
+        if self.hybrid:
+            ensemble = self._cycle_ensemble(model, observation, E, y, t0, first_cycle, key)
+            # Re-centre the filter's ensemble on the 4D-Var analysis at the window end.
+            analysis = final = ensemble - ensemble.mean(axis=0)[None, :] + analysed[-1][None, :]
+        else:
+            analysis = jnp.broadcast_to(analysed[-1], E.shape)
+            final = jnp.broadcast_to(analysed[self.stride - 1], E.shape)
         return WindowAnalysis(
-            trajectory=trajectory,
-            final=jnp.broadcast_to(trajectory[-1], E.shape),
+            forecast=background_states[-1][None, :],
+            analysis=analysis,
+            final=final,
             costs=result.costs,
             converged=result.converged,
         )
+
+    def _cycle_ensemble(self, model, observation, E, y, t0, first_cycle, key):
+        """The ensemble filter cycled over the window: its analysis at the window end."""
+
+        def cycle(E, inputs):
+            k, y_k = inputs
+            forecast = model.ensemble(E, t0 + k * model.cycle_length)
+            operator = observation.at_cycle(first_cycle + k)
+            analysis = self.ensemble_filter.analysis(
+                forecast, y_k, operator, jax.random.fold_in(key, k)
+            )
+            return analysis, None
+
+        return jax.lax.scan(cycle, E, (jnp.arange(self.window), y))[0]

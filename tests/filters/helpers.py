@@ -11,6 +11,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
+from hybridda.dynamics import AbstractDynamics
 from hybridda.observe import (
     CorrelatedGaussianError,
     GaussianError,
@@ -19,6 +20,19 @@ from hybridda.observe import (
     every_kth,
     full_observation,
 )
+
+
+class LinearDynamics(AbstractDynamics):
+    """dx/dt = A x: RK4 makes the resolvent an exactly linear map."""
+
+    matrix: jnp.ndarray
+
+    @property
+    def state_size(self) -> int:
+        return self.matrix.shape[0]
+
+    def tendency(self, t, x, args=None):
+        return self.matrix @ x
 
 
 @eqx.filter_jit

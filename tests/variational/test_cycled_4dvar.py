@@ -60,7 +60,7 @@ def test_bad_window_arguments(twin):
         FourDVar(B, window=0)
     with pytest.raises((ValueError, TypeError), match="minimiser"):  # beartype in tests
         FourDVar(B, minimiser="newton")
-    with pytest.raises(ValueError, match="multiple of the window"):
+    with pytest.raises(ValueError, match="plus a multiple of the shift"):
         assimilate_windows(
             model, observation, FourDVar(B, window=5), y, background[None], jax.random.key(0)
         )

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import hybridda as hda
-from hybridda.dynamics import AbstractDynamics, Lorenz96
+from hybridda.dynamics import Lorenz96
 from hybridda.observe import GaussianError, every_kth, full_observation
 from hybridda.variational import (
     StrongFourDVar,
@@ -16,20 +16,7 @@ from hybridda.variational import (
     incremental,
     quasi_newton,
 )
-
-
-class LinearDynamics(AbstractDynamics):
-    """dx/dt = A x: RK4 makes the resolvent an exactly linear map."""
-
-    matrix: jax.Array
-
-    @property
-    def state_size(self) -> int:
-        return self.matrix.shape[0]
-
-    def tendency(self, t, x, args=None):
-        return self.matrix @ x
-
+from tests.filters.helpers import LinearDynamics
 
 N_STATE, WINDOW, OBS_STD = 6, 4, 0.5
 
