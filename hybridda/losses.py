@@ -277,14 +277,13 @@ def _negative_log_likelihood_ensemble(E, y, observation):
     S, d, mask = stats.obs_anomalies, stats.innovation, stats.mask
     N = E.shape[0]
     C = S @ S.T + (N - 1) * jnp.eye(N)  # the ETKF's ensemble-space matrix
-    L = jnp.linalg.cholesky(C)
-    projected = jsl.solve_triangular(L, S @ d, lower=True)
-    log_det_ratio = 2 * jnp.sum(jnp.log(jnp.diag(L))) - N * jnp.log(N - 1.0)
+    log_det, quadratic = _log_det_and_quadratic(C, S @ d)
+    log_det_ratio = log_det - N * jnp.log(N - 1.0)
     innovation = jnp.where(mask, y - stats.obs_mean, 0.0)
     # -log N(d; 0, R) over the observed entries, corrected to the predictive covariance.
     observed_only = -observation.error.log_density(innovation, mask)
     correction = jnp.where(jnp.any(mask), log_det_ratio, 0.0)
-    return observed_only - 0.5 * jnp.sum(projected**2) + 0.5 * correction
+    return observed_only - 0.5 * quadratic + 0.5 * correction
 
 
 def _negative_log_likelihood_static(method: Var3D, x, y, observation):
@@ -295,14 +294,33 @@ def _negative_log_likelihood_static(method: Var3D, x, y, observation):
     R = observation.error.covariance(observation.obs_size)
     R = jnp.where(mask[:, None] & mask[None, :], R, jnp.eye(R.shape[0]))
     covariance = H @ method.background_covariance @ H.T + R
-    L = jnp.linalg.cholesky(covariance)
     innovation = jnp.where(mask, y - observation(x), 0.0)
-    white = jsl.solve_triangular(L, innovation, lower=True)
-    return (
-        0.5 * jnp.sum(white**2)
-        + jnp.sum(jnp.log(jnp.diag(L)))
-        + 0.5 * jnp.sum(mask) * jnp.log(2 * jnp.pi)
-    )
+    log_det, quadratic = _log_det_and_quadratic(covariance, innovation)
+    return 0.5 * (quadratic + log_det + jnp.sum(mask) * jnp.log(2 * jnp.pi))
+
+
+@jax.custom_jvp
+def _log_det_and_quadratic(C: Float[Array, "m m"], b: Float[Array, " m"]):
+    """``(log det C, bᵀ C⁻¹ b)`` for symmetric positive-definite `C`, by Cholesky."""
+    L = jnp.linalg.cholesky(C)
+    white = jsl.solve_triangular(L, b, lower=True)
+    return 2 * jnp.sum(jnp.log(jnp.diag(L))), jnp.sum(white**2)
+
+
+@_log_det_and_quadratic.defjvp
+def _log_det_and_quadratic_jvp(primals, tangents):
+    # d log det C = tr(C⁻¹ dC) and d(bᵀC⁻¹b) = 2 uᵀdb - uᵀ dC u, u = C⁻¹b. With C⁻¹ formed
+    # once from the Cholesky factor, both are elementwise in the tangents, so reverse
+    # mode transposes no triangular solves (autodiff's Cholesky rule has several per
+    # cycle; the 100-cycle ETKF NLL gradient measured 1-13 % faster, on a loaded machine).
+    (C, b), (dC, db) = primals, tangents
+    L = jnp.linalg.cholesky(C)
+    white = jsl.solve_triangular(L, b, lower=True)
+    inverse = jsl.cho_solve((L, True), jnp.eye(C.shape[-1], dtype=C.dtype))
+    inverse = 0.5 * (inverse + inverse.T)
+    u = inverse @ b
+    primal_out = (2 * jnp.sum(jnp.log(jnp.diag(L))), jnp.sum(white**2))
+    return primal_out, (jnp.sum(inverse * dC), 2 * jnp.dot(u, db) - jnp.dot(u, dC @ u))
 
 
 def _error_if_not_finite(loss, scores, kind, first_cycle):
