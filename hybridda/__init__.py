@@ -9,6 +9,7 @@ from . import configs as configs
 from . import dynamics as dynamics
 from . import filters as filters
 from . import hybrid as hybrid
+from . import learn as learn
 from . import metrics as metrics
 from . import nn as nn
 from . import observe as observe
@@ -53,6 +54,7 @@ __all__ = [
     "filters",
     "hybrid",
     "initial_ensemble",
+    "learn",
     "metrics",
     "nn",
     "observe",
