@@ -11,40 +11,15 @@ import hybridda as hda
 from hybridda._method import window_weights
 from hybridda.cycle import assimilate_windows
 from hybridda.filters import ETKF, IEnKS, Multiplicative
-from hybridda.observe import GaussianError, every_kth, full_observation
-from tests.filters.helpers import LinearDynamics, ensemble_with_moments, random_spd
+from hybridda.observe import GaussianError, full_observation
+from tests.filters.helpers import linear_twin
 
-N_STATE, MEMBERS, OBS_STD, CYCLES = 4, 7, 0.7, 12
+N_STATE, CYCLES = 4, 12  # as in linear_twin
 
 
 @pytest.fixture(scope="module")
 def linear():
-    rng = np.random.default_rng(0)
-    A = 0.4 * rng.standard_normal((N_STATE, N_STATE))
-    model = hda.Resolvent(LinearDynamics(jnp.asarray(A)), dt=0.1, steps_per_cycle=2)
-    observation = every_kth(N_STATE, 2, GaussianError(OBS_STD))
-    mean, covariance = rng.standard_normal(N_STATE), random_spd(rng, N_STATE)
-    truth = hda.simulate(model, jnp.asarray(rng.standard_normal(N_STATE)), CYCLES)[1:]
-    y = np.array(hda.synthesise_observations(observation, truth, jax.random.key(0)))
-    y[3, 1] = np.nan  # one missing value
-    E0 = ensemble_with_moments(rng, mean, covariance, MEMBERS)
-    M = np.asarray(jax.jacfwd(lambda x: model(x, 0.0))(jnp.asarray(mean)))  # exactly linear
-    H = np.asarray(observation.linearise(jnp.asarray(mean)))
-    return model, observation, jnp.asarray(y), jnp.asarray(E0), mean, covariance, M, H
-
-
-def _kalman_filter(mean, covariance, y, M, H):
-    """Exact Kalman filter: analysis mean and covariance after each cycle."""
-    m, P, means, covariances = mean, covariance, [], []
-    for k in range(y.shape[0]):
-        m, P = M @ m, M @ P @ M.T
-        seen = np.isfinite(y[k])
-        Hk = H[seen]
-        K = P @ Hk.T @ np.linalg.inv(Hk @ P @ Hk.T + OBS_STD**2 * np.eye(seen.sum()))
-        m, P = m + K @ (y[k][seen] - Hk @ m), (np.eye(len(m)) - K @ Hk) @ P
-        means.append(m)
-        covariances.append(P)
-    return np.array(means), np.array(covariances)
+    return linear_twin(0, missing=((3, 1),))
 
 
 @pytest.mark.parametrize(
@@ -54,12 +29,12 @@ def _kalman_filter(mean, covariance, y, M, H):
 def test_linear_gaussian_ienks_is_the_kalman_filter(linear, window, shift, multiple_da):
     # Linear model and operator, N - 1 >= n: every variant is exact at every window end
     # (Bocquet and Sakov 2014, sec. 2), and further iterations stay at the solution.
-    model, observation, y, E0, mean, covariance, M, H = linear
+    model, observation, y, E0 = linear.model, linear.observation, linear.y, linear.E0
     method = IEnKS(window=window, shift=shift, iterations=3, multiple_da=multiple_da)
     trajectory = eqx.filter_jit(assimilate_windows)(
         model, observation, method, y, E0, jax.random.key(1)
     )
-    means, covariances = _kalman_filter(mean, covariance, np.asarray(y), M, H)
+    means, covariances = linear.kalman_filter()
     ends = window - 1 + shift * np.arange(trajectory.times.shape[0])
     np.testing.assert_allclose(trajectory.analysis_mean, means[ends], atol=1e-9)
     spread = np.sqrt(np.trace(covariances[ends], axis1=1, axis2=2) / N_STATE)
@@ -71,7 +46,7 @@ def test_linear_gaussian_ienks_is_the_kalman_filter(linear, window, shift, multi
 
 
 def test_lag_one_single_iteration_is_the_etkf_for_linear_models(linear):
-    model, observation, y, E0, *_ = linear
+    model, observation, y, E0 = linear.model, linear.observation, linear.y, linear.E0
     ienks = IEnKS(window=1, iterations=1)
     trajectory = assimilate_windows(model, observation, ienks, y, E0, jax.random.key(1))
     etkf = hda.assimilate(model, observation, ETKF(), y, E0, jax.random.key(1))

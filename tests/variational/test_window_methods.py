@@ -12,32 +12,21 @@ from hybridda.cycle import assimilate_windows
 from hybridda.filters import ETKF, IEnKS, Multiplicative
 from hybridda.observe import GaussianError, every_kth
 from hybridda.variational import FourDVar, StrongFourDVar, gauss_newton
-from tests.filters.helpers import LinearDynamics, ensemble_with_moments, random_spd
-from tests.filters.test_ienks import _kalman_filter
+from tests.filters.helpers import linear_twin
 
-N_STATE, MEMBERS, OBS_STD, CYCLES = 4, 7, 0.7, 12
+N_STATE, CYCLES = 4, 12  # as in linear_twin
 
 
 @pytest.fixture(scope="module")
 def linear():
-    rng = np.random.default_rng(3)
-    A = 0.4 * rng.standard_normal((N_STATE, N_STATE))
-    model = hda.Resolvent(LinearDynamics(jnp.asarray(A)), dt=0.1, steps_per_cycle=2)
-    observation = every_kth(N_STATE, 2, GaussianError(OBS_STD))
-    mean, covariance = rng.standard_normal(N_STATE), random_spd(rng, N_STATE)
-    truth = hda.simulate(model, jnp.asarray(rng.standard_normal(N_STATE)), CYCLES)[1:]
-    y = hda.synthesise_observations(observation, truth, jax.random.key(0))
-    E0 = ensemble_with_moments(rng, mean, covariance, MEMBERS)
-    M = np.asarray(jax.jacfwd(lambda x: model(x, 0.0))(jnp.asarray(mean)))
-    H = np.asarray(observation.linearise(jnp.asarray(mean)))
-    return model, observation, y, jnp.asarray(E0), mean, covariance, M, H
+    return linear_twin(3)
 
 
 @pytest.mark.parametrize("window", [1, 3])
 def test_fully_ensemble_hybrid_4dvar_is_the_kalman_filter(linear, window):
     # β = 1: B is the ETKF ensemble's covariance (exact for N - 1 >= n), so each window's
     # 4D-Var is the Kalman smoother and the re-centred ensemble the Kalman filter.
-    model, observation, y, E0, mean, covariance, M, H = linear
+    model, observation, y, E0 = linear.model, linear.observation, linear.y, linear.E0
     method = FourDVar(
         1e3 * jnp.eye(N_STATE),  # ignored with β = 1
         window=window,
@@ -50,7 +39,7 @@ def test_fully_ensemble_hybrid_4dvar_is_the_kalman_filter(linear, window):
     trajectory = eqx.filter_jit(assimilate_windows)(
         model, observation, method, y, E0, jax.random.key(1)
     )
-    means, covariances = _kalman_filter(mean, covariance, np.asarray(y), M, H)
+    means, covariances = linear.kalman_filter()
     ends = np.arange(window - 1, CYCLES, window)
     np.testing.assert_allclose(trajectory.analysis_mean, means[ends], atol=1e-8)
     spread = np.sqrt(np.trace(covariances[ends], axis1=1, axis2=2) / N_STATE)
@@ -58,7 +47,7 @@ def test_fully_ensemble_hybrid_4dvar_is_the_kalman_filter(linear, window):
 
 
 def test_zero_hybrid_weight_is_static_4dvar(linear):
-    model, observation, y, E0, *_ = linear
+    model, observation, y, E0 = linear.model, linear.observation, linear.y, linear.E0
     B = 0.5 * jnp.eye(N_STATE)
     static = FourDVar(B, window=3)
     hybrid = FourDVar(B, window=3, ensemble_filter=ETKF(), hybrid_weight=0.0)
@@ -74,7 +63,7 @@ def test_zero_hybrid_weight_is_static_4dvar(linear):
 def test_overlapping_4dvar_windows_follow_the_single_da_rule(linear):
     # Window 3, shift 1: window 0 assimilates cycles 0-2; window j >= 1 starts from the
     # previous analysis propagated one cycle and assimilates only its last cycle.
-    model, observation, y, E0, *_ = linear
+    model, observation, y, E0 = linear.model, linear.observation, linear.y, linear.E0
     B = 0.5 * jnp.eye(N_STATE)
     method = FourDVar(B, window=3, shift=1, outer_loops=2, inner_loops=30, tolerance=1e-12)
     trajectory = assimilate_windows(model, observation, method, y, E0[:1], jax.random.key(0))
