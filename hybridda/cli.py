@@ -64,6 +64,12 @@ def _twin_parser(sub) -> None:
         "--mda", action="store_true", help="ienks: multiple data assimilation (default single)"
     )
     p.add_argument(
+        "--rotate",
+        action="store_true",
+        help="ensemble filters: random mean-preserving rotation of the analysis anomalies "
+        "each cycle (DAPPER's rot=True)",
+    )
+    p.add_argument(
         "--hybrid-weight",
         type=float,
         default=d.hybrid_weight,
@@ -111,6 +117,7 @@ def _config_from_args(args) -> TwinConfig:
         shift=args.shift,
         multiple_da=args.mda,
         hybrid_weight=args.hybrid_weight,
+        rotate=args.rotate,
         outer_loops=args.outer_loops,
         inner_loops=args.inner_loops,
         model_error_std=args.model_error_std,

@@ -27,7 +27,7 @@ from .cycle import (
     synthesise_observations,
 )
 from .dynamics import AbstractDynamics, Lorenz63, Lorenz96, TwoScaleLorenz96
-from .filters import ETKF, LETKF, EnKF, EnKFN, IEnKS, Localisation, multiplicative
+from .filters import ETKF, LETKF, EnKF, EnKFN, IEnKS, Localisation, Rotated, multiplicative
 from .integrate import Resolvent
 from .observe import (
     AbstractObservation,
@@ -53,6 +53,7 @@ METHODS = (
 # Methods needing a climatological B; the window methods (4D-Var, IEnKS).
 _STATIC_B = ("3dvar", "4dvar", "weak-4dvar", "incremental-4dvar")
 _WINDOWED = ("4dvar", "weak-4dvar", "incremental-4dvar", "ienks")
+_ROTATABLE = ("enkf", "etkf", "enkf-n", "letkf")
 OBSERVATIONS = ("all", "every-k", "random")
 
 
@@ -85,6 +86,7 @@ class TwinConfig:
     shift: int | None = None
     multiple_da: bool = False
     hybrid_weight: float = 0.0
+    rotate: bool = False
     outer_loops: int = 10
     inner_loops: int = 20
     model_error_std: float = 0.1
@@ -114,6 +116,11 @@ class TwinConfig:
                 )
         if self.multiple_da and self.method != "ienks":
             raise ValueError("`--mda` (multiple data assimilation) is for `--method ienks`.")
+        if self.rotate and self.method not in _ROTATABLE:
+            raise ValueError(
+                f"`--rotate` (random rotations of the analysis anomalies) is for the ensemble "
+                f"filters {', '.join(_ROTATABLE)}, not {self.method!r}."
+            )
         if not 0 <= self.hybrid_weight <= 1:
             raise ValueError(f"`--hybrid-weight` must be in [0, 1], got {self.hybrid_weight}.")
         if self.hybrid_weight > 0 and self.method not in ("4dvar", "incremental-4dvar"):
@@ -203,6 +210,11 @@ def build_method(
     config: TwinConfig, dynamics: AbstractDynamics, climatology=None
 ) -> AbstractAnalysisMethod | AbstractWindowMethod:
     """The DA method named by `config.method` (variational ones need the climatology)."""
+    method = _build_method(config, dynamics, climatology)
+    return Rotated(method) if config.rotate else method
+
+
+def _build_method(config: TwinConfig, dynamics: AbstractDynamics, climatology):
     inflation = multiplicative(config.inflation)
     if config.method == "etkf":
         return ETKF(inflation=inflation)

@@ -20,6 +20,8 @@ from .localisation import Gaussian as Gaussian
 from .localisation import Localisation as Localisation
 from .localisation import Step as Step
 from .localisation import periodic_distance as periodic_distance
+from .rotation import Rotated as Rotated
+from .rotation import mean_preserving_rotation as mean_preserving_rotation
 
 __all__ = [
     "AbstractEnsembleFilter",
@@ -38,8 +40,10 @@ __all__ = [
     "NoInflation",
     "RTPP",
     "RTPS",
+    "Rotated",
     "Step",
     "ensemble_innovations",
+    "mean_preserving_rotation",
     "multiplicative",
     "periodic_distance",
 ]
