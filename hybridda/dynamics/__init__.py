@@ -3,7 +3,17 @@
 from ._base import AbstractDynamics as AbstractDynamics
 from .lorenz63 import Lorenz63 as Lorenz63
 from .lorenz96 import Lorenz96 as Lorenz96
+from .monomial import MonomialDynamics as MonomialDynamics
+from .monomial import monomial_exponents as monomial_exponents
 from .qg import QG as QG
 from .two_scale_lorenz import TwoScaleLorenz96 as TwoScaleLorenz96
 
-__all__ = ["AbstractDynamics", "Lorenz63", "Lorenz96", "QG", "TwoScaleLorenz96"]
+__all__ = [
+    "AbstractDynamics",
+    "Lorenz63",
+    "Lorenz96",
+    "MonomialDynamics",
+    "QG",
+    "TwoScaleLorenz96",
+    "monomial_exponents",
+]

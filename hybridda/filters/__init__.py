@@ -3,6 +3,9 @@
 from ._base import AbstractEnsembleFilter as AbstractEnsembleFilter
 from ._base import EnsembleInnovations as EnsembleInnovations
 from ._base import ensemble_innovations as ensemble_innovations
+from .augmented import AugmentedModel as AugmentedModel
+from .augmented import AugmentedObservation as AugmentedObservation
+from .augmented import ParameterAugmentation as ParameterAugmentation
 from .enkf import EnKF as EnKF
 from .enkf_n import EnKFN as EnKFN
 from .etkf import ETKF as ETKF
@@ -27,6 +30,8 @@ __all__ = [
     "AbstractEnsembleFilter",
     "AbstractInflation",
     "AbstractTaper",
+    "AugmentedModel",
+    "AugmentedObservation",
     "EnKF",
     "EnKFN",
     "ETKF",
@@ -38,6 +43,7 @@ __all__ = [
     "Localisation",
     "Multiplicative",
     "NoInflation",
+    "ParameterAugmentation",
     "RTPP",
     "RTPS",
     "Rotated",

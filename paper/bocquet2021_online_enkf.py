@@ -1,0 +1,599 @@
+"""Bocquet, Farchi and Malartic (2021): learn state and dynamics online with an augmented EnKF.
+
+Reproduces the global-EnKF experiment of *Online learning of both state and dynamics
+using ensemble Kalman filters* (Found. Data Sci. 3, 305-330, 2021) on the one-scale
+Lorenz-96 model:
+
+- truth: Lorenz-96, n = 40, F = 8, one RK4 step of Δt = 0.05 per cycle; every variable
+  observed each cycle (or every k-th, ``--obs-every``) with noise of std 1;
+- surrogate: `hybridda.dynamics.MonomialDynamics`, a linear combination of the 18 local
+  monomials {1, x_{i+j}, x_{i+j} x_{i+k}} (|j|, |k| ≤ 2, k - j ≤ 2) shared by all sites,
+  integrated with the same RK4 step. Lorenz-96 lies in this span, so the coefficients
+  have an exact truth (4 non-zero: F, -1, +1, -1);
+- filter: a global ETKF (or EnKF-N, ``--method enkf-n``) on the augmented state
+  ``[x; θ]`` (58 variables), through `hybridda.filters.ParameterAugmentation` and
+  `hybridda.filters.AugmentedModel` inside `hybridda.assimilate`. Every member is
+  forecast with its own coefficients, and the analysis of the observed state updates
+  the coefficients through their forecast correlations.
+
+The coefficients start from ignorance: prior mean 0 (the surrogate is then persistence)
+and std 0.5 for every coefficient. The script shows the coefficient error and the
+analysis RMSE converging over cycles, compares the analysis RMSE with that of the same
+filter run with the true model on the same observations, and measures the valid time
+of the learnt surrogate's forecasts against the true model's (both from the same
+analyses).
+
+Cycles run as `lax.scan`s over chunks (``--chunk`` cycles, one compiled function); an
+Orbax checkpoint (`hybridda.checkpoint`) of the ensemble and the history is written
+after every chunk, and ``--resume`` continues from the last one with bit-identical
+results.
+
+Usage::
+
+    python paper/bocquet2021_online_enkf.py --quick          # 3000 cycles (< 1 min)
+    python paper/bocquet2021_online_enkf.py                  # 20000 cycles
+    python paper/bocquet2021_online_enkf.py --resume         # continue an interrupted run
+    python paper/bocquet2021_online_enkf.py --obs-every 2 --out runs/bocquet2021_half
+"""
+
+import os
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import jax  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+
+import equinox as eqx  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import hybridda  # noqa: E402
+from hybridda import metrics  # noqa: E402
+from hybridda.checkpoint import resume_or_init  # noqa: E402
+from hybridda.dynamics import Lorenz96, MonomialDynamics  # noqa: E402
+from hybridda.filters import (  # noqa: E402
+    ETKF,
+    AugmentedModel,
+    EnKFN,
+    ParameterAugmentation,
+    multiplicative,
+)
+from hybridda.observe import GaussianError, every_kth  # noqa: E402
+
+METHODS = ("etkf", "enkf-n")
+PRIORS = ("constant", "perturbed-truth")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Every setting of the experiment (written to config.json)."""
+
+    n: int = 40
+    forcing: float = 8.0
+    dt: float = 0.05
+    obs_std: float = 1.0
+    obs_every: int = 1
+    radius: int = 2
+    method: str = "etkf"
+    ensemble_size: int = 40
+    inflation: float = 1.02
+    parameter_inflation: float = 1.0
+    parameter_noise_std: float = 0.0
+    prior: str = "constant"
+    prior_mean: float = 0.0
+    prior_std: float = 0.5
+    initial_spread: float = 1.0
+    cycles: int = 20000
+    chunk: int = 1000
+    spin_up_cycles: int = 1000
+    forecast_starts: int = 100
+    forecast_leads: int = 200
+    lyapunov_cycles: int = 4000
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"`--method` must be one of {METHODS}, got {self.method!r}.")
+        if self.prior not in PRIORS:
+            raise ValueError(f"`--prior` must be one of {PRIORS}, got {self.prior!r}.")
+        if self.ensemble_size < 2:
+            raise ValueError(f"`--ensemble-size` must be >= 2, got {self.ensemble_size}.")
+        if not self.prior_std > 0:
+            raise ValueError(
+                f"`--prior-std` (prior std of every coefficient) must be > 0, got {self.prior_std}."
+            )
+        if self.parameter_noise_std < 0:
+            raise ValueError(
+                f"`--parameter-noise-std` must be >= 0, got {self.parameter_noise_std}."
+            )
+        if not (self.inflation > 0 and self.parameter_inflation > 0):
+            raise ValueError("`--inflation` and `--parameter-inflation` must be > 0 (1: none).")
+        if self.chunk < 1 or self.cycles < 2 * self.forecast_starts or self.cycles < 10:
+            raise ValueError(
+                f"Need `--chunk` >= 1 and `--cycles` >= max(10, 2 x forecast starts = "
+                f"{2 * self.forecast_starts}), got chunk={self.chunk}, cycles={self.cycles}."
+            )
+        if not 1 <= self.obs_every <= self.n:
+            raise ValueError(f"`--obs-every` must be in [1, n={self.n}], got {self.obs_every}.")
+
+
+QUICK = {
+    "cycles": 3000,
+    "chunk": 500,
+    "spin_up_cycles": 500,
+    "forecast_starts": 20,
+    "forecast_leads": 100,
+    "lyapunov_cycles": 1000,
+}
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", type=int, default=0, help="truth, noise and ensemble seed")
+    parser.add_argument("--out", type=Path, default=Path("runs/bocquet2021"))
+    parser.add_argument("--quick", action="store_true", help="3000 cycles (< 1 min)")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument("--cycles", type=int, help="DA cycles (default 20000; quick 3000)")
+    parser.add_argument("--chunk", type=int, help="cycles per compiled chunk / checkpoint")
+    parser.add_argument("--method", choices=METHODS, help="global filter (default etkf)")
+    parser.add_argument("--ensemble-size", type=int, help="members (default 40)")
+    parser.add_argument("--inflation", type=float, help="filter inflation, whole [x; θ] (1.02)")
+    parser.add_argument(
+        "--parameter-inflation", type=float, help="extra multiplicative inflation of θ (1: none)"
+    )
+    parser.add_argument(
+        "--parameter-noise-std", type=float, help="random walk of θ per cycle (0: none)"
+    )
+    parser.add_argument(
+        "--prior",
+        choices=PRIORS,
+        help="prior mean of the coefficients: --prior-mean for all (default), or the truth "
+        "plus a draw of std --prior-std",
+    )
+    parser.add_argument("--prior-mean", type=float, help="prior mean of every coefficient (0)")
+    parser.add_argument("--prior-std", type=float, help="prior std of every coefficient (0.5)")
+    parser.add_argument("--obs-every", type=int, help="observe every k-th variable (1: all)")
+    parser.add_argument(
+        "--stop-after-chunks", type=int, help="stop after this many chunks (to test --resume)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser.parse_args(argv)
+
+
+def build_filter(config: Config):
+    inflation = multiplicative(config.inflation)
+    return ETKF(inflation=inflation) if config.method == "etkf" else EnKFN(inflation=inflation)
+
+
+def main(argv=None) -> dict | None:
+    args = parse_args(argv)
+    changes = dict(QUICK) if args.quick else {}
+    for name in (
+        "cycles",
+        "chunk",
+        "method",
+        "ensemble_size",
+        "inflation",
+        "parameter_inflation",
+        "parameter_noise_std",
+        "prior",
+        "prior_mean",
+        "prior_std",
+        "obs_every",
+    ):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    try:
+        config = Config(seed=args.seed, **changes)
+    except ValueError as error:
+        raise SystemExit(str(error)) from error
+    K, leads = config.cycles, config.forecast_leads
+
+    # Twin: truth on the attractor (long enough for forecasts from the last analyses),
+    # noisy observations of the first K states.
+    k_start, k_obs, k_state, k_parameters, k_da, k_lyapunov, k_prior = jax.random.split(
+        jax.random.key(config.seed), 7
+    )
+    truth_model = hybridda.Resolvent(Lorenz96(n=config.n, forcing=config.forcing), config.dt)
+    observation = every_kth(config.n, config.obs_every, GaussianError(config.obs_std))
+
+    @eqx.filter_jit
+    def twin():
+        x_start = truth_model.dynamics.default_initial_state()
+        x_start = x_start + 0.1 * jax.random.normal(k_start, (config.n,))
+        x0 = hybridda.spin_up(truth_model, x_start, config.spin_up_cycles)
+        truth_long = hybridda.simulate(truth_model, x0, K + leads)[1:]
+        y = hybridda.synthesise_observations(observation, truth_long[:K], k_obs)
+        return x0, truth_long, y
+
+    x0, truth_long, y = twin()
+    truth = truth_long[:K]
+
+    # The surrogate: monomial coefficients, all learnt, from the prior mean.
+    q = MonomialDynamics.number_of_monomials(config.radius)
+    true_coefficients = MonomialDynamics.lorenz96(config.n, config.forcing, config.radius)
+    true_coefficients = true_coefficients.coefficients
+    if config.prior == "constant":
+        prior_mean = jnp.full(q, config.prior_mean, dtype=float)
+    else:
+        prior_mean = true_coefficients + config.prior_std * jax.random.normal(k_prior, (q,))
+    surrogate = MonomialDynamics(config.n, prior_mean, config.radius)
+    model = AugmentedModel(
+        hybridda.Resolvent(surrogate, config.dt), where=lambda m: m.dynamics.coefficients
+    )
+    noise = config.parameter_noise_std or None
+    method = ParameterAugmentation(
+        build_filter(config),
+        parameter_inflation=multiplicative(config.parameter_inflation),
+        parameter_noise_std=noise,
+    )
+    state_ensemble = hybridda.initial_ensemble(
+        k_state, x0, config.ensemble_size, config.initial_spread
+    )
+
+    def init_state():
+        Z = model.initial_ensemble(k_parameters, state_ensemble, config.prior_std)
+        augmented = config.n + q
+        return {
+            "ensemble": Z,
+            "forecast_mean": jnp.zeros((K, augmented)),
+            "analysis_mean": jnp.zeros((K, augmented)),
+            "forecast_spread": jnp.zeros(K),
+            "analysis_spread": jnp.zeros(K),
+            "parameter_spread": jnp.zeros(K),
+        }
+
+    @eqx.filter_jit
+    def run_chunk(Z, y_chunk, first_cycle):
+        trajectory = hybridda.assimilate(
+            model,
+            observation,
+            method,
+            y_chunk,
+            Z,
+            k_da,
+            t0=first_cycle * config.dt,
+            first_cycle=first_cycle,
+            store_ensembles=True,
+        )
+        forecast_states, _ = model.split(trajectory.forecast_ensemble)
+        analysis_states, analysis_parameters = model.split(trajectory.analysis_ensemble)
+        return (
+            trajectory.final_ensemble,
+            trajectory.forecast_mean,
+            trajectory.analysis_mean,
+            metrics.spread(forecast_states),
+            metrics.spread(analysis_states),
+            metrics.spread(analysis_parameters),
+        )
+
+    checkpoints = args.out / "checkpoints"
+    state, done, checkpointer = resume_or_init(
+        checkpoints,
+        init_state,
+        resume=args.resume,
+        config=dataclasses.asdict(config),
+        max_to_keep=2,
+    )
+    from tqdm.auto import tqdm
+
+    starts = list(range(done, K, config.chunk))
+    if args.stop_after_chunks is not None:
+        starts = starts[: args.stop_after_chunks]
+    progress = tqdm(
+        starts,
+        desc="online augmented EnKF",
+        unit="chunk",
+        initial=done // config.chunk,
+        total=-(-K // config.chunk),
+        disable=args.no_progress,
+    )
+    chunk_seconds = []
+    with checkpointer:
+        for first in progress:
+            last = min(first + config.chunk, K)
+            tic = time.perf_counter()
+            out = run_chunk(state["ensemble"], y[first:last], jnp.asarray(first))
+            out = jax.block_until_ready(out)
+            chunk_seconds.append((last - first, time.perf_counter() - tic))
+            Z, forecast_mean, analysis_mean, forecast_spread, analysis_spread, spread_p = out
+            state = {
+                "ensemble": Z,
+                "forecast_mean": state["forecast_mean"].at[first:last].set(forecast_mean),
+                "analysis_mean": state["analysis_mean"].at[first:last].set(analysis_mean),
+                "forecast_spread": state["forecast_spread"].at[first:last].set(forecast_spread),
+                "analysis_spread": state["analysis_spread"].at[first:last].set(analysis_spread),
+                "parameter_spread": state["parameter_spread"].at[first:last].set(spread_p),
+            }
+            checkpointer.save(last, state, force=True)
+            states, parameters = model.split(analysis_mean[-1])
+            progress.set_postfix(
+                coef_err=f"{float(_rms(parameters - true_coefficients)):.3g}",
+                rmse_a=f"{float(metrics.rmse(truth[last - 1], states)):.3f}",
+            )
+            done = last
+    if done < K:
+        print(f"stopped after {done} of {K} cycles; continue with --resume")
+        return None
+
+    results = _diagnostics(
+        config,
+        state,
+        model,
+        truth_model,
+        truth,
+        truth_long,
+        observation,
+        y,
+        state_ensemble,
+        true_coefficients,
+        prior_mean,
+        keys=(k_da, k_lyapunov),
+        x0=x0,
+    )
+    steady = [seconds / cycles for cycles, seconds in chunk_seconds[1:]] or [
+        seconds / cycles for cycles, seconds in chunk_seconds
+    ]
+    results["seconds_per_cycle"] = float(np.median(steady)) if steady else None
+    results["monomials"] = list(surrogate.monomial_names())
+
+    series = results.pop("series")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    (args.out / "metrics.json").write_text(json.dumps(results, indent=2))
+    np.savez(args.out / "series.npz", **series)
+    _write_netcdf(args.out / "trajectory.nc", config, state, model, truth, y)
+    _figure(args.out / "bocquet2021_online_enkf.png", config, results, series)
+    _print_table(config, results)
+    return results
+
+
+def _rms(values, axis=-1):
+    return jnp.sqrt(jnp.mean(values**2, axis=axis))
+
+
+def _diagnostics(
+    config,
+    state,
+    model,
+    truth_model,
+    truth,
+    truth_long,
+    observation,
+    y,
+    state_ensemble,
+    true_coefficients,
+    prior_mean,
+    keys,
+    x0,
+):
+    """Errors over cycles, the true-model reference run and forecast skill."""
+    k_da, k_lyapunov = keys
+    K = config.cycles
+    analysis_states, analysis_parameters = model.split(state["analysis_mean"])
+    forecast_states, _ = model.split(state["forecast_mean"])
+    rmse_analysis = metrics.rmse(truth, analysis_states)
+    rmse_forecast = metrics.rmse(truth, forecast_states)
+    parameter_error = _rms(analysis_parameters - true_coefficients[None, :])
+    prior_error = float(_rms(prior_mean - true_coefficients))
+
+    # The same filter with the true model, on the same observations and initial states.
+    reference = eqx.filter_jit(hybridda.assimilate)(
+        truth_model, observation, build_filter(config), y, state_ensemble, k_da
+    )
+    rmse_reference = metrics.rmse(truth, reference.analysis_mean)
+
+    second_half = K // 2
+    last_tenth = K - max(K // 10, 1)
+    learnt = analysis_parameters[-1]
+    learnt_model = model.with_parameters(learnt)
+
+    # Forecasts from the analyses of the second half: learnt surrogate vs true model
+    # (same initial states), and from the truth (the surrogate's own error only).
+    starts = np.linspace(second_half, K - 1, config.forecast_starts).astype(int)
+    climatology = metrics.climatological_std(truth)
+    leads = config.forecast_leads
+    initial = analysis_states[starts]
+
+    @eqx.filter_jit
+    def surrogate_skill(coefficients, initial_states):
+        # One compiled forecast for every (coefficients, initial states) pair below.
+        def one(theta, states):
+            surrogate = model.with_parameters(theta)
+            return metrics.forecast_skill(surrogate, truth_long, starts, leads, states, climatology)
+
+        return jax.vmap(one)(coefficients, initial_states)
+
+    surrogates = surrogate_skill(
+        jnp.stack([learnt, prior_mean, learnt]),
+        jnp.stack([initial, initial, truth_long[starts]]),
+    )
+    true_skill = eqx.filter_jit(metrics.forecast_skill)(
+        truth_model, truth_long, starts, leads, initial, climatology
+    )
+    forecasts = {
+        "learnt_surrogate": surrogates.normalised_rmse[0],
+        "true_model": true_skill.normalised_rmse,
+        "prior_surrogate": surrogates.normalised_rmse[1],
+        "learnt_surrogate_from_truth": surrogates.normalised_rmse[2],
+    }
+    lyapunov = eqx.filter_jit(metrics.lyapunov_spectrum)
+    exponent_true = float(
+        lyapunov(truth_model, x0, config.lyapunov_cycles, count=1, key=k_lyapunov)[0]
+    )
+    exponent_learnt = float(
+        lyapunov(learnt_model, x0, config.lyapunov_cycles, count=1, key=k_lyapunov)[0]
+    )
+    valid = {}
+    for name, normalised_rmse in forecasts.items():
+        times = metrics.valid_time(normalised_rmse, config.dt, exponent_true)
+        valid[name] = {
+            "model_time": float(times.model_time),
+            "lyapunov_time": float(times.lyapunov_time),
+            "exceeded": bool(times.exceeded),
+            "normalised_rmse": [float(v) for v in normalised_rmse],
+        }
+
+    milestones = [k for k in (0, 10, 100, 1000, 3000, 10000, 20000, 50000) if k < K] + [K - 1]
+    final_error = float(jnp.mean(parameter_error[last_tenth:]))
+    rmse_online = float(jnp.mean(rmse_analysis[second_half:]))
+    rmse_true = float(jnp.mean(rmse_reference[second_half:]))
+    return {
+        "cycles": K,
+        "obs_std": config.obs_std,
+        "parameter_error_prior": prior_error,
+        "parameter_error_at": {str(k): float(parameter_error[k]) for k in milestones},
+        "parameter_error_final": final_error,
+        "parameter_error_decrease": prior_error / final_error,
+        "parameter_spread_final": float(jnp.mean(state["parameter_spread"][last_tenth:])),
+        "true_coefficients": [float(v) for v in true_coefficients],
+        "learnt_coefficients": [float(v) for v in learnt],
+        "max_abs_coefficient_error": float(jnp.max(jnp.abs(learnt - true_coefficients))),
+        "rmse_analysis_online": rmse_online,
+        "rmse_analysis_online_last_tenth": float(jnp.mean(rmse_analysis[last_tenth:])),
+        "rmse_forecast_online": float(jnp.mean(rmse_forecast[second_half:])),
+        "spread_analysis_online": float(jnp.mean(state["analysis_spread"][second_half:])),
+        "rmse_analysis_true_model": rmse_true,
+        "rmse_ratio_online_to_true_model": rmse_online / rmse_true,
+        "averaging_window": [second_half, K],
+        "lyapunov_exponent_true": exponent_true,
+        "lyapunov_exponent_learnt": exponent_learnt,
+        "valid_time": valid,
+        "series": {
+            "parameter_error": np.asarray(parameter_error),
+            "parameter_spread": np.asarray(state["parameter_spread"]),
+            "rmse_analysis": np.asarray(rmse_analysis),
+            "rmse_analysis_true_model": np.asarray(rmse_reference),
+            "parameter_mean": np.asarray(analysis_parameters),
+        },
+    }
+
+
+def _write_netcdf(path, config, state, model, truth, y):
+    from hybridda.io import save_netcdf
+
+    states_f, _ = model.split(state["forecast_mean"])
+    states_a, parameters = model.split(state["analysis_mean"])
+    times = (jnp.arange(config.cycles) + 1) * config.dt
+    trajectory = hybridda.Trajectory(
+        times,
+        states_f,
+        states_a,
+        state["forecast_spread"],
+        state["analysis_spread"],
+        model.split(state["ensemble"])[0],
+    )
+    dataset = trajectory.to_xarray(truth=truth, observations=y)
+    dataset["parameter_mean"] = (("time", "parameter"), np.asarray(parameters))
+    dataset["parameter_spread"] = ("time", np.asarray(state["parameter_spread"]))
+    dataset.attrs.update({"experiment": "bocquet2021_online_enkf", "seed": config.seed})
+    save_netcdf(dataset, path)
+
+
+def _figure(path, config, results, series):
+    import matplotlib.pyplot as plt
+
+    cycles = np.arange(1, config.cycles + 1)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), constrained_layout=True)
+    ax = axes[0, 0]
+    ax.loglog(cycles, series["parameter_error"], color="C0", alpha=0.35, lw=0.6)
+    window = 50
+    smooth = np.convolve(series["parameter_error"], np.ones(window) / window, mode="valid")
+    ax.loglog(
+        cycles[window - 1 :], smooth, color="C0", label=f"coefficient RMSE ({window}-cycle mean)"
+    )
+    ax.loglog(cycles, series["parameter_spread"], ":", color="C1", label="coefficient spread")
+    ax.set_xlabel("cycle")
+    ax.set_ylabel("RMS over the 18 coefficients")
+    ax.legend()
+    ax.set_title("coefficients: error against the truth")
+
+    ax = axes[0, 1]
+    window = max(config.cycles // 200, 1)
+    kernel = np.ones(window) / window
+    for values, label in (
+        (series["rmse_analysis"], "online (learnt surrogate)"),
+        (series["rmse_analysis_true_model"], "EnKF with the true model"),
+    ):
+        smooth = np.convolve(values, kernel, mode="valid")
+        ax.semilogy(cycles[window - 1 :], smooth, label=label)
+    ax.axhline(config.obs_std, color="k", linestyle="--", linewidth=1, label="obs std")
+    ax.set_xlabel("cycle")
+    ax.set_ylabel(f"analysis RMSE ({window}-cycle mean)")
+    ax.legend()
+    ax.set_title("state: analysis RMSE")
+
+    ax = axes[1, 0]
+    names = results["monomials"]
+    for index in np.flatnonzero(results["true_coefficients"]):
+        line = ax.semilogx(cycles, series["parameter_mean"][:, index], label=names[index])[0]
+        ax.axhline(results["true_coefficients"][index], color=line.get_color(), ls=":")
+    ax.set_xlabel("cycle")
+    ax.set_ylabel("analysis mean")
+    ax.legend(fontsize=8)
+    ax.set_title("the non-zero coefficients (dotted: truth)")
+
+    ax = axes[1, 1]
+    leads = np.arange(config.forecast_leads + 1) * config.dt * results["lyapunov_exponent_true"]
+    for name, values in results["valid_time"].items():
+        ax.plot(leads, values["normalised_rmse"], label=name.replace("_", " "))
+    ax.axhline(0.5, color="k", linestyle="--", linewidth=1, label="threshold")
+    ax.set_xlabel("lead (Lyapunov times)")
+    ax.set_ylabel("RMSE / climatological std")
+    ax.set_ylim(0, 1.6)
+    ax.legend(fontsize=8)
+    ax.set_title("forecast skill of the final surrogate")
+    fig.suptitle(
+        f"Online learning of Lorenz-96 with a global augmented {config.method.upper()} "
+        f"(N={config.ensemble_size}, obs every {config.obs_every}, seed {config.seed})"
+    )
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _print_table(config, results):
+    valid = results["valid_time"]
+    rows = [
+        (
+            "coefficient RMSE: prior → final",
+            "converges to the truth",
+            f"{results['parameter_error_prior']:.3g} → {results['parameter_error_final']:.3g} "
+            f"(÷{results['parameter_error_decrease']:.0f})",
+        ),
+        (
+            "analysis RMSE, online vs true model",
+            "close to the true model's",
+            f"{results['rmse_analysis_online']:.3f} vs {results['rmse_analysis_true_model']:.3f}",
+        ),
+        (
+            "valid time (Lyapunov), learnt vs true",
+            "—",
+            f"{valid['learnt_surrogate']['lyapunov_time']:.2f} vs "
+            f"{valid['true_model']['lyapunov_time']:.2f} (prior surrogate "
+            f"{valid['prior_surrogate']['lyapunov_time']:.2f})",
+        ),
+        (
+            "λ_max, learnt vs true",
+            "—",
+            f"{results['lyapunov_exponent_learnt']:.3f} vs {results['lyapunov_exponent_true']:.3f}",
+        ),
+    ]
+    width = max(len(row[0]) for row in rows)
+    print(f"\n{'quantity':<{width}}  {'published (BFM 2021)':<24}  ours")
+    for quantity, published, ours in rows:
+        print(f"{quantity:<{width}}  {published:<24}  {ours}")
+    seconds = results["seconds_per_cycle"]
+    if seconds is not None:
+        print(f"{config.cycles} cycles, {1e3 * seconds:.2f} ms per cycle (compiled chunk)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
