@@ -8,6 +8,7 @@ from . import checkpoint as checkpoint
 from . import configs as configs
 from . import dynamics as dynamics
 from . import filters as filters
+from . import generative as generative
 from . import hybrid as hybrid
 from . import learn as learn
 from . import metrics as metrics
@@ -52,6 +53,7 @@ __all__ = [
     "cycled_loss",
     "dynamics",
     "filters",
+    "generative",
     "hybrid",
     "initial_ensemble",
     "learn",
