@@ -21,6 +21,12 @@ def concrete(value) -> np.ndarray | None:
         return None
 
 
+def require_count(name: str, value, meaning: str) -> None:
+    """Raise unless ``value`` is an integer >= 1 (``meaning`` says what it counts)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"`{name}` ({meaning}) must be an integer >= 1, got {value!r}.")
+
+
 def require_positive(name: str, value, fix: str = "") -> None:
     """Raise if a concrete ``value`` has an entry that is not finite and > 0."""
     array = concrete(value)

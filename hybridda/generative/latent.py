@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from .._checks import concrete
+from .._checks import concrete, require_count
 from .._method import AbstractAnalysisMethod
 from ..cycle import Trajectory, assimilate
 from ..observe import (
@@ -48,7 +48,7 @@ from ..observe import (
     CorrelatedGaussianError,
     check_observations,
 )
-from .vae import VAE, _check_count, fine_tune
+from .vae import VAE, fine_tune
 
 
 def _latent_size_of(decoder) -> int | None:
@@ -87,7 +87,7 @@ class DecodedObservation(AbstractObservation):
         self.latent_size = latent_size
 
     def __check_init__(self):
-        _check_count("latent_size", self.latent_size, "the latent dimension")
+        require_count("latent_size", self.latent_size, "the latent dimension")
         z = jax.ShapeDtypeStruct((self.latent_size,), jnp.result_type(float))
         out = eqx.filter_eval_shape(self.decoder, z)
         expected = (self.observation.state_size,)
@@ -143,7 +143,7 @@ class FineTune(eqx.Module):
     trainable: Callable | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
-        _check_count("steps", self.steps, "fine-tuning steps per analysis")
+        require_count("steps", self.steps, "fine-tuning steps per analysis")
         if not self.learning_rate > 0:
             raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate}.")
 
@@ -319,7 +319,7 @@ class VAEPairFilter(AbstractAnalysisMethod):
     jitter: float = eqx.field(static=True, default=1e-8)
 
     def __check_init__(self):
-        _check_count("innovation_samples", self.innovation_samples, "innovation draws")
+        require_count("innovation_samples", self.innovation_samples, "innovation draws")
         if self.innovation_samples < 2:
             raise ValueError(f"`innovation_samples` must be >= 2, got {self.innovation_samples}.")
         if not callable(getattr(self.error_sampler, "sample", None)):
@@ -407,7 +407,7 @@ def refit_vae(
     `last_cycles` cycles of the chunk just run (all of them by default), stacked.
     Works for [`LatentFilter`][] (field `vae`) and [`VAEPairFilter`][] (`state_vae`).
     """
-    _check_count("steps", steps, "fine-tuning steps per update")
+    require_count("steps", steps, "fine-tuning steps per update")
     if ensembles not in ("forecast", "analysis"):
         raise ValueError(f"`ensembles` must be 'forecast' or 'analysis', got {ensembles!r}.")
 
@@ -455,7 +455,7 @@ def assimilate_online(
     **Returns:** the whole [`hybridda.cycle.Trajectory`][] (ensembles only with
     `store_ensembles`) and the method after the last update.
     """
-    _check_count("update_every", update_every, "cycles between updates")
+    require_count("update_every", update_every, "cycles between updates")
     run = eqx.filter_jit(assimilate)
     cycles = y_seq.shape[0]
     start = concrete(first_cycle)

@@ -44,16 +44,11 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
-from .._checks import as_float_array, concrete, require_positive
+from .._checks import as_float_array, concrete, require_count, require_positive
 from ..checkpoint import resume_or_init
 from ..nn import MLP
 
 _LOG_2PI = math.log(2 * math.pi)
-
-
-def _check_count(name: str, value, meaning: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"`{name}` ({meaning}) must be a positive integer, got {value!r}.")
 
 
 def _check_size(name: str, std: Array, data_size: int) -> None:
@@ -313,8 +308,8 @@ class VAE(eqx.Module):
     latent_size: int = eqx.field(static=True)
 
     def __check_init__(self):
-        _check_count("data_size", self.data_size, "length of a data vector")
-        _check_count("latent_size", self.latent_size, "the latent dimension")
+        require_count("data_size", self.data_size, "length of a data vector")
+        require_count("latent_size", self.latent_size, "the latent dimension")
         self.likelihood.check_data_size(self.data_size)
         dtype = jnp.result_type(float)
         x = jax.ShapeDtypeStruct((self.data_size,), dtype)
@@ -460,8 +455,8 @@ def mlp_vae(
     - `data`: a training set ``(M, n)`` for the statistics (optional).
     - `dtype`: parameter dtype (default JAX's default float).
     """
-    _check_count("data_size", data_size, "length of a data vector")
-    _check_count("latent_size", latent_size, "the latent dimension")
+    require_count("data_size", data_size, "length of a data vector")
+    require_count("latent_size", latent_size, "the latent dimension")
     dtype = jnp.result_type(float) if dtype is None else dtype
     if data is None:
         mean, std = jnp.zeros(data_size, dtype), jnp.ones(data_size, dtype)
@@ -584,7 +579,7 @@ def fine_tune(
     ``lambda v: eqx.tree_at(lambda v: v.decoder, jax.tree.map(lambda _: False, v),
     True)`` for the decoder only); default every floating-point array.
     """
-    _check_count("steps", steps, "optimiser steps")
+    require_count("steps", steps, "optimiser steps")
     params, static = _split_trainable(vae, trainable)
     optimiser = optax.adam(learning_rate)
     objective = _Objective(samples, float(beta))
@@ -659,14 +654,14 @@ def fit_vae(
     - `progress`: a tqdm progress bar.
     """
     check_data(data, "data", vae.data_size)
-    _check_count("steps", steps, "optimiser steps in total")
-    _check_count("samples", samples, "reparameterised draws per example")
-    _check_count("steps_per_call", steps_per_call, "steps per compiled call")
+    require_count("steps", steps, "optimiser steps in total")
+    require_count("samples", samples, "reparameterised draws per example")
+    require_count("steps_per_call", steps_per_call, "steps per compiled call")
     if batch_size is not None:
-        _check_count("batch_size", batch_size, "examples per step; None for all")
+        require_count("batch_size", batch_size, "examples per step; None for all")
         batch_size = min(int(batch_size), data.shape[0])
     if checkpoint_every is not None:
-        _check_count("checkpoint_every", checkpoint_every, "steps between checkpoints")
+        require_count("checkpoint_every", checkpoint_every, "steps between checkpoints")
         if checkpoint_dir is None:
             raise ValueError("`checkpoint_every` needs a `checkpoint_dir` to save to.")
     if resume and checkpoint_dir is None:

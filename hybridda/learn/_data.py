@@ -24,13 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
-from .._checks import concrete
+from .._checks import concrete, require_count
 from ..cycle import Trajectory
-
-
-def _check_positive_int(name: str, value, meaning: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"`{name}` ({meaning}) must be an integer >= 1, got {value!r}.")
 
 
 class AnalysisDataset(eqx.Module):
@@ -163,7 +158,7 @@ def rollout_pairs(
     Raises `ValueError` when no window is left (every analysis missing, or every
     trajectory shorter than ``rollout + 1`` cycles).
     """
-    _check_positive_int("rollout", rollout, "forecast cycles per training example")
+    require_count("rollout", rollout, "forecast cycles per training example")
     datasets = _as_list(datasets)
     with_variance = {ds.variance is not None for ds in datasets}
     if len(with_variance) > 1:
@@ -243,7 +238,7 @@ def train_validation_split(
             f"cycles held out for validation, e.g. 0.2), got {validation_fraction!r}."
         )
     if block_length is not None:
-        _check_positive_int("block_length", block_length, "cycles per block")
+        require_count("block_length", block_length, "cycles per block")
     if isinstance(gap, bool) or not isinstance(gap, int) or gap < 0:
         raise ValueError(f"`gap` (cycles dropped at each boundary) must be >= 0, got {gap!r}.")
     datasets = _as_list(datasets)

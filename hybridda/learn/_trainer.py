@@ -24,6 +24,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
+from .._checks import require_count
 from ..checkpoint import Checkpointer, resume_or_init
 from ..hybrid import NeuralDynamics, ResolventCorrection, Surrogate, TendencyCorrection
 from ..integrate import Resolvent
@@ -270,29 +271,29 @@ class Trainer:
     ):
         if not isinstance(key, jax.Array):
             raise TypeError(f"`key` must be a JAX PRNG key such as jax.random.key(0), got {key!r}.")
-        _check_count("steps", steps, "optimiser steps in total")
-        _check_count("eval_every", eval_every, "steps between evaluations")
+        require_count("steps", steps, "optimiser steps in total")
+        require_count("eval_every", eval_every, "steps between evaluations")
         if not isinstance(loss, RolloutLoss):
             raise TypeError(f"`loss` must be a RolloutLoss, got {type(loss).__name__}.")
         _check_pairs("train", train)
         if validation is not None:
             _check_pairs("validation", validation, like=train)
         if batch_size is not None:
-            _check_count("batch_size", batch_size, "examples per step; None for all")
+            require_count("batch_size", batch_size, "examples per step; None for all")
             if batch_size > len(train):
                 raise ValueError(
                     f"`batch_size` ({batch_size}) exceeds the {len(train)} training examples; "
                     "pass a smaller one, or batch_size=None for full-batch training."
                 )
         if patience is not None:
-            _check_count("patience", patience, "evaluations without improvement")
+            require_count("patience", patience, "evaluations without improvement")
             if validation is None:
                 raise ValueError(
                     "`patience` (early stopping) needs `validation` examples; pass them or "
                     "set patience=None."
                 )
         if checkpoint_every is not None:
-            _check_count("checkpoint_every", checkpoint_every, "steps between checkpoints")
+            require_count("checkpoint_every", checkpoint_every, "steps between checkpoints")
             if checkpoint_dir is None:
                 raise ValueError("`checkpoint_every` needs a `checkpoint_dir` to save to.")
         if resume and checkpoint_dir is None:
@@ -554,11 +555,6 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------- checks
-
-
-def _check_count(name: str, value, meaning: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` ({meaning}) must be an integer >= 1, got {value!r}.")
 
 
 def _check_pairs(name: str, pairs, like: RolloutPairs | None = None) -> None:
