@@ -104,13 +104,29 @@ class StrongFourDVar(eqx.Module):
     def background_residual(self, x0: Float[Array, " n"]) -> Float[Array, " n"]:
         return _whitened_by(self.background_covariance, x0 - self.background)
 
-    def whiten_control(self, x0: Float[Array, " n"]) -> Float[Array, " n"]:
-        """Control-variable transform ``v = B^{-1/2}(x0 - x_b)`` (preconditioning)."""
-        return self.background_residual(x0)
+    def control_factors(self) -> Float[Array, "n n"]:
+        """``B^{1/2}`` (lower Cholesky factor) for the control-variable transform.
 
-    def colour_control(self, v: Float[Array, " n"]) -> Float[Array, " n"]:
+        A minimiser computes it once and passes it to `whiten_control`,
+        `colour_control` and `whitened_residuals`: for a QG state (n = 1600) one
+        Cholesky costs more than ten model steps, so it must not be redone per iteration.
+        """
+        return jnp.linalg.cholesky(self.background_covariance)
+
+    def whiten_control(self, x0: Float[Array, " n"], factors=None) -> Float[Array, " n"]:
+        """Control-variable transform ``v = B^{-1/2}(x0 - x_b)`` (preconditioning)."""
+        factors = self.control_factors() if factors is None else factors
+        return jsl.solve_triangular(factors, x0 - self.background, lower=True)
+
+    def colour_control(self, v: Float[Array, " n"], factors=None) -> Float[Array, " n"]:
         """Inverse of `whiten_control`: ``x0 = x_b + B^{1/2} v``."""
-        return self.background + jnp.linalg.cholesky(self.background_covariance) @ v
+        factors = self.control_factors() if factors is None else factors
+        return self.background + factors @ v
+
+    def whitened_residuals(self, v: Float[Array, " n"], factors) -> Float[Array, " m"]:
+        """`residuals` of ``x0 = colour_control(v)``, with the background part exactly ``v``."""
+        states = self.trajectory(self.colour_control(v, factors))
+        return jnp.concatenate([v, self.observation_residuals(states).ravel()])
 
     def observation_residuals(self, states: Float[Array, "L n"]) -> Float[Array, "L p"]:
         """Whitened ``y_k - H_k(x_k)`` (zero where unobserved)."""
@@ -183,15 +199,31 @@ class WeakFourDVar(eqx.Module):
     def model_error_residuals(self, control) -> Float[Array, "L n"]:
         return _whitened_by(self.model_error_covariance, control[1].T).T
 
-    def whiten_control(self, control):
-        """``(B^{-1/2}(x0 - x_b), Q^{-1/2} η)``: the preconditioned control."""
-        return self.background_residual(control), self.model_error_residuals(control)
+    def control_factors(self) -> tuple[Float[Array, "n n"], Float[Array, "n n"]]:
+        """``(B^{1/2}, Q^{1/2})`` (lower Cholesky factors), computed once per minimisation."""
+        return (
+            jnp.linalg.cholesky(self.background_covariance),
+            jnp.linalg.cholesky(self.model_error_covariance),
+        )
 
-    def colour_control(self, white):
+    def whiten_control(self, control, factors=None):
+        """``(B^{-1/2}(x0 - x_b), Q^{-1/2} η)``: the preconditioned control."""
+        b_half, q_half = self.control_factors() if factors is None else factors
+        x0, forcing = control
+        v = jsl.solve_triangular(b_half, x0 - self.background, lower=True)
+        return v, jsl.solve_triangular(q_half, forcing.T, lower=True).T
+
+    def colour_control(self, white, factors=None):
         """Inverse of `whiten_control`."""
+        b_half, q_half = self.control_factors() if factors is None else factors
         v, zeta = white
-        x0 = self.background + jnp.linalg.cholesky(self.background_covariance) @ v
-        return x0, zeta @ jnp.linalg.cholesky(self.model_error_covariance).T
+        return self.background + b_half @ v, zeta @ q_half.T
+
+    def whitened_residuals(self, white, factors) -> Float[Array, " m"]:
+        """`residuals` of ``colour_control(white)``; the prior parts are exactly ``white``."""
+        v, zeta = white
+        states = self.trajectory(self.colour_control(white, factors))
+        return jnp.concatenate([v, zeta.ravel(), self.observation_residuals(states).ravel()])
 
     def observation_residuals(self, states: Float[Array, "L n"]) -> Float[Array, "L p"]:
         return _observation_residuals(

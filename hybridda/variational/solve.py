@@ -49,10 +49,22 @@ def _preconditioned(cost, control):
     With ``x0 = x_b + B^{1/2} v`` (and ``η = Q^{1/2} ζ``) the background (and model-error)
     terms become ``½‖v‖²``: the Gauss-Newton Hessian is ``I + GᵀG``, well conditioned
     even for tiny ``Q`` (the standard 4D-Var control-variable transform).
+
+    Returns ``(white_control, colour, residuals)``: the starting point in the minimiser's
+    variable, the map back to the cost's control, and the whitened residuals as a
+    function of the minimiser's variable (``J = ½‖residuals‖²``; `None` for a cost
+    without `residuals`). The square roots of ``B`` (and ``Q``) are factorised once here,
+    not at every evaluation.
     """
-    if hasattr(cost, "colour_control"):
-        return cost.whiten_control(control), cost.colour_control, cost.whiten_control
-    return control, lambda v: v, lambda x: x
+    if hasattr(cost, "control_factors"):
+        factors = cost.control_factors()
+        return (
+            cost.whiten_control(control, factors),
+            lambda white: cost.colour_control(white, factors),
+            lambda white: cost.whitened_residuals(white, factors),
+        )
+    residuals = getattr(cost, "residuals", None)
+    return control, lambda v: v, residuals
 
 
 def gauss_newton(
@@ -88,11 +100,11 @@ def gauss_newton(
     A step that does not decrease the cost is rejected and stops the iteration, with
     ``converged=False`` unless the change was below the tolerance (round-off).
     """
-    white, colour, _ = _preconditioned(cost, control)
+    white, colour, white_residuals = _preconditioned(cost, control)
     flat0, unravel = ravel_pytree(white)
 
     def residuals(flat):
-        return cost.residuals(colour(unravel(flat)))
+        return white_residuals(unravel(flat))
 
     def iterate(carry, iteration):
         flat, value, done, stopped = carry
@@ -193,10 +205,12 @@ def quasi_newton(
 
     Stops when the gradient's max-norm falls below `tolerance` × max(1, |J|).
     """
-    control, colour, _ = _preconditioned(cost, control)
+    control, colour, white_residuals = _preconditioned(cost, control)
 
     def objective(white):
-        return cost(colour(white))
+        if hasattr(cost, "control_factors"):  # whitened: no triangular solve for J_b
+            return 0.5 * jnp.sum(white_residuals(white) ** 2)
+        return cost(white)
 
     optimiser = optax.lbfgs(memory_size=memory)
     value_and_grad = optax.value_and_grad_from_state(objective)

@@ -68,10 +68,4 @@ class Var3D(AbstractAnalysisMethod):
         return E + (BHt @ z)[None, :]
 
 
-def climatological_covariance(states: Float[Array, "K n"]) -> Float[Array, "n n"]:
-    """Sample covariance of a long trajectory (rows are times)."""
-    anomalies = states - states.mean(axis=0, keepdims=True)
-    return anomalies.T @ anomalies / (states.shape[0] - 1)
-
-
-__all__ = ["Var3D", "climatological_covariance"]
+__all__ = ["Var3D"]

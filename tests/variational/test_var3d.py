@@ -14,7 +14,7 @@ from hybridda.observe import (
     IndexObservation,
     LinearObservation,
 )
-from hybridda.variational import ThreeDVarCost, Var3D, climatological_covariance
+from hybridda.variational import ThreeDVarCost, Var3D
 
 from ..filters.helpers import analyse, random_spd
 
@@ -136,14 +136,6 @@ def test_nonlinear_operator_is_linearised_at_the_background():
     increment = B @ H.T @ np.linalg.solve(H @ B @ H.T + 0.09 * np.eye(3), y - x_b[indices] ** 2)
     E_a = analyse(Var3D(B), jnp.asarray(x_b)[None, :], jnp.asarray(y), observation, KEY)
     np.testing.assert_allclose(E_a[0], x_b + increment, atol=1e-10)
-
-
-def test_climatological_covariance_is_the_sample_covariance():
-    rng = np.random.default_rng(66)
-    states = rng.standard_normal((50, 4)) @ rng.standard_normal((4, 4))
-    np.testing.assert_allclose(
-        climatological_covariance(jnp.asarray(states)), np.cov(states, rowvar=False), rtol=1e-12
-    )
 
 
 # ------------------------------------------------------------------------ bad input
