@@ -7,6 +7,15 @@ are cast to it, so a float32 network can sit inside a float64 model).
 from .bilinear import BilinearCNN as BilinearCNN
 from .cnn import PeriodicCNN as PeriodicCNN
 from .cnn import periodic_conv1d as periodic_conv1d
+from .cnn2d import ChannelCNN as ChannelCNN
+from .cnn2d import ChannelConv2d as ChannelConv2d
 from .mlp import MLP as MLP
 
-__all__ = ["BilinearCNN", "MLP", "PeriodicCNN", "periodic_conv1d"]
+__all__ = [
+    "BilinearCNN",
+    "ChannelCNN",
+    "ChannelConv2d",
+    "MLP",
+    "PeriodicCNN",
+    "periodic_conv1d",
+]
