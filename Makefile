@@ -30,8 +30,13 @@ format: $(STAMP)
 	$(BIN)/ruff format hybridda tests experiments paper
 	$(BIN)/ruff check --fix hybridda tests experiments paper
 
+# One pytest worker per core (pytest-xdist), whole files per worker so module-scoped
+# fixtures (a paper script's --quick run) are built once. Most of the suite's time is
+# XLA compilation, which is single-threaded, so two workers on two cores nearly halve it.
+TEST_WORKERS ?= auto
+
 test: lint
-	MPLBACKEND=Agg $(BIN)/python -m pytest -q --durations=10
+	MPLBACKEND=Agg $(BIN)/python -m pytest -q --durations=10 -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(BENCH_STAMP)
 	MPLBACKEND=Agg $(BIN)/python experiments/benchmarks/dapper_parity.py --out runs/bench
