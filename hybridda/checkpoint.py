@@ -21,7 +21,6 @@ a damaged checkpoint raises [`CheckpointError`][] naming the folder, never resto
 wrong numbers.
 """
 
-import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -32,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Int, PyTree
+
+from ._training import digest
 
 DEFAULT_ROOT = Path("checkpoints")
 CONFIG_FILE = "config.json"
@@ -210,7 +211,7 @@ class Checkpointer:
             ).state
             for i, entry in enumerate(manifest["leaves"]):
                 array = np.asarray(arrays[_leaf_name(i)])
-                if _digest(array) != entry["sha256"]:
+                if digest(array) != entry["sha256"]:
                     raise ValueError(f"leaf {entry['path']} does not match its SHA-256 digest")
         except Exception as error:
             raise self._damaged(step, steps, error) from error
@@ -388,10 +389,6 @@ def _host_array(leaf) -> np.ndarray:
     return np.asarray(leaf)
 
 
-def _digest(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
-
-
 def _encode(state) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The stored leaves of `state` as host arrays, and the manifest describing them."""
     specs = _specs(state)
@@ -401,7 +398,7 @@ def _encode(state) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         if isinstance(leaf, jax.ShapeDtypeStruct):
             raise ValueError(f"Leaf {spec['path']} of `state` is abstract: save concrete arrays.")
         arrays[_leaf_name(i)] = _host_array(leaf)
-        spec["sha256"] = _digest(arrays[_leaf_name(i)])
+        spec["sha256"] = digest(arrays[_leaf_name(i)])
     return arrays, {"format": _FORMAT, "leaves": specs}
 
 

@@ -29,8 +29,6 @@ online update of [`hybridda.generative.LatentFilter`][]).
 """
 
 import abc
-import functools
-import hashlib
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -45,6 +43,7 @@ import optax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from .._checks import as_float_array, concrete, require_count, require_positive
+from .._training import digest, optimiser_transform
 from ..checkpoint import resume_or_init
 from ..nn import MLP
 
@@ -537,20 +536,6 @@ def _run_steps(params, static, opt_state, key, data, optimiser, steps, batch_siz
 _run_steps_jit = eqx.filter_jit(_run_steps)
 
 
-@functools.lru_cache(maxsize=32)
-def _cached_transform(optimiser, learning_rate):
-    return optimiser(learning_rate)
-
-
-def _transform(optimiser, learning_rate) -> optax.GradientTransformation:
-    """``optimiser(learning_rate)``, the same object for the same settings (so the
-    compiled training steps are reused across calls instead of traced again)."""
-    try:
-        return _cached_transform(optimiser, learning_rate)
-    except TypeError:  # unhashable settings
-        return optimiser(learning_rate)
-
-
 class _Objective(eqx.Module):
     samples: int = eqx.field(static=True)
     beta: float = eqx.field(static=True)
@@ -669,7 +654,7 @@ def fit_vae(
     if not isinstance(key, jax.Array):
         raise TypeError(f"`key` must be a JAX PRNG key such as jax.random.key(0), got {key!r}.")
     data = jnp.asarray(data)
-    transform = _transform(optimiser, learning_rate)
+    transform = optimiser_transform(optimiser, learning_rate)
     objective = _Objective(int(samples), float(beta))
     params, static = _partition(vae)
     chunk = checkpoint_every or steps_per_call
@@ -693,7 +678,7 @@ def fit_vae(
             "beta": beta,
             "chunk": chunk,
             "data_shape": list(data.shape),
-            "data_sha256": _digest(np.asarray(data)),
+            "data_sha256": digest(np.asarray(data)),
             "user": dict(config) if config is not None else None,
         }
         state, _, checkpointer = resume_or_init(
@@ -738,7 +723,3 @@ def fit_vae(
             f"{int(np.argmax(~np.isfinite(losses)))}; lower `learning_rate` or check `data`."
         )
     return FitResult(eqx.combine(state.params, static), losses)
-
-
-def _digest(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()

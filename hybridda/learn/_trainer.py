@@ -25,6 +25,7 @@ import optax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from .._checks import require_count
+from .._training import optimiser_transform
 from ..checkpoint import Checkpointer, resume_or_init
 from ..hybrid import NeuralDynamics, ResolventCorrection, Surrogate, TendencyCorrection
 from ..integrate import Resolvent
@@ -637,28 +638,13 @@ def _make_optimiser(optimiser, learning_rate) -> optax.GradientTransformation:
             "`optimiser` must be a factory learning_rate -> optax.GradientTransformation, "
             f"e.g. optax.adam, got {type(optimiser).__name__}."
         )
-    transform = _build_transform(optimiser, rate)
+    transform = optimiser_transform(optimiser, rate)
     if not (hasattr(transform, "init") and hasattr(transform, "update")):
         raise TypeError(
             f"`optimiser({rate!r})` returned {type(transform).__name__}, not an Optax "
             "GradientTransformation."
         )
     return transform
-
-
-def _build_transform(optimiser, rate) -> optax.GradientTransformation:
-    # A transformation is a pair of pure functions; building it once per (factory, rate)
-    # lets trainers with the same settings (a resumed run, the rounds of an iterated
-    # DA → ML loop) share one compiled step instead of compiling their own.
-    try:
-        return _cached_transform(optimiser, rate)
-    except TypeError:  # unhashable factory or schedule
-        return optimiser(rate)
-
-
-@functools.lru_cache(maxsize=32)
-def _cached_transform(optimiser, rate) -> optax.GradientTransformation:
-    return optimiser(rate)
 
 
 # ---------------------------------------------------------------------- config

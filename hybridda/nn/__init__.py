@@ -10,6 +10,9 @@ from .cnn import periodic_conv1d as periodic_conv1d
 from .cnn2d import ChannelCNN as ChannelCNN
 from .cnn2d import ChannelConv2d as ChannelConv2d
 from .mlp import MLP as MLP
+from .unet import TimeMLP as TimeMLP
+from .unet import UNet as UNet
+from .unet import sinusoidal_embedding as sinusoidal_embedding
 
 __all__ = [
     "BilinearCNN",
@@ -17,5 +20,8 @@ __all__ = [
     "ChannelConv2d",
     "MLP",
     "PeriodicCNN",
+    "TimeMLP",
+    "UNet",
     "periodic_conv1d",
+    "sinusoidal_embedding",
 ]
