@@ -32,7 +32,7 @@ from .cycle import (
     check_cycling_arguments,
     scan_in_blocks,
 )
-from .filters import AbstractEnsembleFilter, ensemble_innovations
+from .filters import AbstractEnsembleFilter, ParameterAugmentation, ensemble_innovations
 from .observe import AbstractObservation, check_observations, observed_mask
 from .variational import Var3D
 
@@ -50,7 +50,7 @@ def cycled_loss(
     key: PRNGKeyArray,
     *,
     kind: LossKind = "negative_log_likelihood",
-    truth: Float[Array, "K n"] | None = None,
+    truth: Float[Array, "K n_state"] | None = None,
     burn_in: int = 0,
     checkpoint: int | None = None,
     truncate: int | None = None,
@@ -107,6 +107,10 @@ def cycled_loss(
       as for [`hybridda.assimilate`][] (the same cycles, the same keys).
     - `kind`: one of `LOSS_KINDS`, see above.
     - `truth`: true states ``(K, n)`` at the analysis times, for the RMSE-to-truth kinds.
+      With [`hybridda.filters.ParameterAugmentation`][] (members ``[x; θ]``) every kind
+      scores the state block ``x``: `truth` is ``(K, n)`` with ``n`` the observation's
+      state size, and the likelihood uses the forecast covariance of ``x`` after the
+      augmented method's prior inflations.
     - `burn_in`: cycles left out of the average (they still condition the later ones).
     - `checkpoint`: ``None`` or a block size ``B``: rematerialise blocks of ``B``
       cycles in the backward pass, as `checkpoint` of [`hybridda.assimilate`][]
@@ -146,6 +150,8 @@ def cycled_loss(
             truncate, t0, first_cycle,
         )  # fmt: skip
     cycles, state_size = y_seq.shape[0], init.shape[1]
+    if isinstance(method, ParameterAugmentation):
+        state_size = observation.state_size  # scores see x of the members [x; θ]
     _check_truth(kind, truth, cycles, state_size)
     if kind not in _NEEDS_TRUTH:
         truth = jnp.zeros((cycles, 0), dtype=init.dtype)  # unused; keeps one scan signature
@@ -245,6 +251,17 @@ def _windowed_loss(
 
 def _score(kind, method, forecast, analysis, y, observation, truth_k):
     """One cycle's score and whether it counts in the average."""
+    if isinstance(method, ParameterAugmentation):
+        # Members are [x; θ]: score the state block, with the forecast covariance of x
+        # the augmented analysis uses (its prior inflations applied).
+        n = observation.state_size
+        analysis = analysis[:, :n]
+        if kind == "negative_log_likelihood":
+            forecast = method.prior_state_ensemble(forecast, n)
+            return _negative_log_likelihood_ensemble(forecast, y, observation), jnp.any(
+                observed_mask(y)
+            )
+        forecast = forecast[:, :n]
     if kind == "analysis_rmse":
         return _root(jnp.mean((analysis.mean(axis=0) - truth_k) ** 2)), jnp.asarray(True)
     if kind == "forecast_rmse":

@@ -348,6 +348,22 @@ class ParameterAugmentation(AbstractAnalysisMethod):
     def min_ensemble_size(self) -> int:
         return self.filter.min_ensemble_size
 
+    def prior_state_ensemble(
+        self, E: Float[Array, "N augmented"], state_size: int
+    ) -> Float[Array, "N n"]:
+        """The state block of `E` as the analysis sees it: after `state_inflation`'s
+        prior and the wrapped filter's own prior inflation (which acts on the whole
+        augmented ensemble). Its sample covariance is the forecast covariance of ``x``
+        that the analysis uses, e.g. for the observation likelihood of
+        [`hybridda.cycled_loss`][]."""
+        X, Theta = E[:, :state_size], E[:, state_size:]
+        Z = jnp.concatenate(
+            [self.state_inflation.prior(X), self.parameter_inflation.prior(Theta)], axis=1
+        )
+        if isinstance(self.filter, AbstractEnsembleFilter):
+            Z = self.filter.inflation.prior(Z)
+        return Z[:, :state_size]
+
     def analysis(
         self,
         E: Float[Array, "N augmented"],

@@ -121,6 +121,63 @@ def test_augmented_etkf_tracks_the_exact_kalman_filter(case):
     assert np.abs(trajectory.analysis_mean[-1, n:] - trajectory.analysis_mean[0, n:]).max() > 0.1
 
 
+@pytest.mark.parametrize(
+    "case", ["plain", "state-inflation", "filter-inflation", "filter-posterior-inflation"]
+)
+def test_cycled_loss_scores_the_state_block_with_the_exact_kalman_likelihood(case):
+    # As above, the ensemble follows the augmented Kalman filter exactly, so the
+    # loss's observation likelihood is the exact Kalman innovation likelihood
+    # y_k ~ N(H_z m_k^f, H_z P_k^f H_zᵀ + R), with the prior inflation the analysis
+    # applies; the RMSE kinds compare the state block with a (cycles, n) truth.
+    rng, A, model, observation, H, R = affine_problem(seed=2)
+    n, q, members, cycles = 3, 3, 10, 6
+    M, G = rk4_affine_step(A, DT)
+    F = np.block([[M, G], [np.zeros((q, n)), np.eye(q)]])
+    H_z = np.hstack([H, np.zeros((2, q))])
+    D, D_posterior = np.eye(n + q), np.eye(n + q)  # anomaly scalings before/after analysis
+    if case == "state-inflation":
+        method = ParameterAugmentation(ETKF(), state_inflation=Multiplicative(1.2, when="prior"))
+        D[:n, :n] *= 1.2
+    elif case == "filter-inflation":
+        method = ParameterAugmentation(ETKF(inflation=Multiplicative(1.2, when="prior")))
+        D *= 1.2
+    elif case == "filter-posterior-inflation":
+        method = ParameterAugmentation(ETKF(inflation=Multiplicative(1.2)))
+        D_posterior *= 1.2
+    else:
+        method = ParameterAugmentation(ETKF())
+    truth = np.concatenate([rng.standard_normal(n), [0.5, -1.0, 1.5]])
+    truths, y_seq = [], []
+    for _ in range(cycles):
+        truth = F @ truth
+        truths.append(truth[:n])
+        y_seq.append(H_z @ truth + np.sqrt(np.diag(R)) * rng.standard_normal(2))
+    truths, y_seq = np.array(truths), np.array(y_seq)
+    m, P = np.zeros(n + q), random_spd(rng, n + q)
+    init = jnp.asarray(ensemble_with_moments(rng, m, P, members))
+
+    nll, squared_errors = [], []
+    for k in range(cycles):
+        m, P = F @ m, D @ F @ P @ F.T @ D
+        S = H_z @ P @ H_z.T + R
+        d = y_seq[k] - H_z @ m
+        _, log_det = np.linalg.slogdet(2 * np.pi * S)
+        nll.append(0.5 * (d @ np.linalg.solve(S, d) + log_det))
+        m, P = kalman_update(m, P, H_z, R, y_seq[k])
+        P = D_posterior @ P @ D_posterior
+        squared_errors.append(np.mean((m[:n] - truths[k]) ** 2))
+
+    def loss(kind, truth=None):
+        return hybridda.cycled_loss(
+            model, observation, method, jnp.asarray(y_seq), init, KEY, kind=kind, truth=truth
+        )
+
+    np.testing.assert_allclose(loss("negative_log_likelihood"), np.mean(nll), rtol=1e-9)
+    np.testing.assert_allclose(
+        loss("analysis_rmse", jnp.asarray(truths)), np.mean(np.sqrt(squared_errors)), rtol=1e-9
+    )
+
+
 @pytest.mark.parametrize("method", [EnKF(), EnKFN(), ETKF(inflation=Multiplicative(1.1))])
 def test_wrapper_is_the_filter_on_the_lifted_system(method):
     # Without a random walk, ParameterAugmentation(f) is f with the operator [H, 0]
