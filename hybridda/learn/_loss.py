@@ -12,15 +12,30 @@ from ._data import RolloutPairs
 
 Model = Callable[[Float[Array, " n"]], Float[Array, " n"]]
 
+# Rollouts up to this many steps are unrolled in Python rather than scanned.
+_UNROLL_MAX_STEPS = 8
+
 
 def rollout(model: Model, x0: Float[Array, " n"], steps: int) -> Float[Array, "steps n"]:
-    """``M(x0), M(M(x0)), ..., M^steps(x0)``: the model applied `steps` times (a `lax.scan`).
+    """``M(x0), M(M(x0)), ..., M^steps(x0)``: the model applied `steps` times.
+
+    Unrolled for up to 8 steps, a `lax.scan` beyond.
 
     `model` is any one-cycle map of one state, called as ``model(x)``: a
     [`hybridda.Surrogate`][], a [`hybridda.ResolventCorrection`][], a
     [`hybridda.Resolvent`][] (of a [`hybridda.TendencyCorrection`][]), ... Models with a
     start time are called with their default ``t0``, i.e. treated as autonomous.
     """
+    if steps <= _UNROLL_MAX_STEPS:
+        # Short rollouts (the usual 1-4 cycles) are unrolled: inside a `lax.scan` the
+        # gradient of a vmapped convolutional network is about 10x slower on CPU
+        # (measured: float32 PeriodicCNN, batch 64, one cycle: 17.5 ms in a scan vs
+        # 1.9 ms unrolled). Same arithmetic, one compiled copy of the model per step.
+        states, x = [], x0
+        for _ in range(steps):
+            x = model(x).astype(x0.dtype)
+            states.append(x)
+        return jnp.stack(states)
 
     def step(x, _):
         x = model(x).astype(x0.dtype)

@@ -31,6 +31,16 @@ def test_rollout_applies_the_model_repeatedly():
     )
 
 
+@pytest.mark.parametrize("steps", [1, 8, 9, 12])  # unrolled (<= 8 steps) and scanned
+def test_rollout_unrolled_and_scanned_agree(steps):
+    x0 = jnp.asarray([1.0, -3.0])
+    expected = np.asarray(x0)[None, :] * 2.0 ** np.arange(1, steps + 1)[:, None]
+    np.testing.assert_array_equal(rollout(doubling, x0, steps), expected)
+    np.testing.assert_array_equal(
+        jax.jit(rollout, static_argnums=(0, 2))(doubling, x0, steps), expected
+    )
+
+
 @pytest.mark.parametrize("model", [doubling, DOUBLING_HYBRID], ids=["function", "hybrid"])
 def test_weighted_two_step_loss_by_hand(model):
     pairs = rollout_pairs(AnalysisDataset(ANALYSIS, VARIANCE), rollout=2)  # one window
