@@ -316,6 +316,45 @@ def resume_or_init(
     return init_fn(), 0, checkpointer
 
 
+RUN_CONFIG_FILE = "run_config.json"
+
+
+def prepare_run_directory(
+    directory: str | os.PathLike, config: Mapping[str, Any], *, resume: bool
+) -> Path:
+    """Claim `directory` for one run made of several checkpointed stages; never mix runs.
+
+    For scripts whose run has several stages, each with its own [`Checkpointer`][] or
+    [`resume_or_init`][] in a subfolder (e.g. ``da/`` and ``train/``): the run's
+    settings are written once to ``run_config.json``.
+
+    - ``resume=False``: `directory` must be missing or empty (else `FileExistsError`:
+      pass ``--resume`` or choose another directory); it is created and `config` saved.
+    - ``resume=True``: ``run_config.json`` must exist (else `FileNotFoundError`) and
+      hold the same settings (else `ValueError` naming each difference).
+
+    Returns the directory as a `Path`.
+    """
+    directory = Path(directory)
+    settings = directory / RUN_CONFIG_FILE
+    if resume:
+        if not settings.is_file():
+            raise FileNotFoundError(
+                f"Cannot resume: {settings.absolute()} does not exist. Run without --resume "
+                "to start afresh, or pass the directory of the run to resume."
+            )
+        _check_same_config(json.loads(settings.read_text()), config, directory)
+        return directory
+    if directory.is_dir() and any(directory.iterdir()):
+        raise FileExistsError(
+            f"{directory.absolute()} already holds a run. Pass --resume to continue it, or "
+            "choose another directory (e.g. --checkpoint-dir) to start another."
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    settings.write_text(json.dumps(json.loads(json.dumps(dict(config))), indent=2))
+    return directory
+
+
 # ---------------------------------------------------------------------- encoding
 
 

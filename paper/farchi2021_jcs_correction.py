@@ -82,7 +82,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 import hybridda  # noqa: E402
 from hybridda import metrics  # noqa: E402
-from hybridda.checkpoint import Checkpointer  # noqa: E402
+from hybridda.checkpoint import Checkpointer, prepare_run_directory  # noqa: E402
 from hybridda.dynamics import Lorenz96, TwoScaleLorenz96  # noqa: E402
 from hybridda.filters import ETKF, Multiplicative  # noqa: E402
 from hybridda.hybrid import ResolventCorrection, TendencyCorrection  # noqa: E402
@@ -609,31 +609,10 @@ def make_config(args) -> Config:
     return config
 
 
-def _prepare_checkpoints(directory: Path, config: Config, resume: bool) -> None:
-    """Never mix two runs in one folder; a resumed run must have the same settings."""
-    settings = directory / "run_config.json"
-    record = json.loads(json.dumps(dataclasses.asdict(config)))
-    if resume:
-        if not settings.is_file():
-            raise SystemExit(f"Cannot resume: {settings} does not exist. Run without --resume.")
-        saved = json.loads(settings.read_text())
-        differing = sorted(k for k in set(saved) | set(record) if saved.get(k) != record.get(k))
-        if differing:
-            raise SystemExit(f"Cannot resume: the settings {differing} differ from {settings}.")
-        return
-    if directory.is_dir() and any(directory.iterdir()):
-        raise SystemExit(
-            f"{directory.absolute()} already holds a run. Pass --resume to continue it, or "
-            "--checkpoint-dir to start another."
-        )
-    directory.mkdir(parents=True, exist_ok=True)
-    settings.write_text(json.dumps(record, indent=2))
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     config = make_config(args)
-    _prepare_checkpoints(args.checkpoint_dir, config, args.resume)
+    prepare_run_directory(args.checkpoint_dir, dataclasses.asdict(config), resume=args.resume)
     wall_start, cpu_start = time.perf_counter(), time.process_time()
     seconds = {}
 

@@ -18,6 +18,7 @@ from hybridda.checkpoint import (
     Checkpointer,
     CheckpointError,
     checkpoint_directory,
+    prepare_run_directory,
     resume_or_init,
 )
 from hybridda.nn import MLP
@@ -251,6 +252,21 @@ def test_resume_with_other_settings_raises(tmp_path):
     checkpointer.close()
     with pytest.raises(ValueError, match="seed: saved 0, now 1"):
         resume_or_init(tmp_path, init_state, resume=True, config={"seed": 1})
+
+
+def test_a_run_directory_is_claimed_once_and_resumed_with_the_same_settings(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match="Run without --resume"):
+        prepare_run_directory(run, {"seed": 0}, resume=True)  # nothing to resume
+    assert prepare_run_directory(run, {"seed": 0, "grid": (20, 10)}, resume=False) == run
+    (run / "da").mkdir()  # a stage's checkpoints
+    with pytest.raises(FileExistsError, match="--resume"):
+        prepare_run_directory(run, {"seed": 0, "grid": (20, 10)}, resume=False)
+    # Tuples compare as they read back from JSON.
+    prepare_run_directory(run, {"seed": 0, "grid": (20, 10)}, resume=True)
+    with pytest.raises(ValueError, match="seed: saved 0, now 1"):
+        prepare_run_directory(run, {"seed": 1, "grid": (20, 10)}, resume=True)
+    assert (run / "da").is_dir()  # nothing was deleted or overwritten
 
 
 def test_bad_settings_name_the_argument(tmp_path):
