@@ -11,6 +11,7 @@ from . import filters as filters
 from . import generative as generative
 from . import hybrid as hybrid
 from . import learn as learn
+from . import mesh as mesh
 from . import metrics as metrics
 from . import nn as nn
 from . import observe as observe
@@ -57,6 +58,7 @@ __all__ = [
     "hybrid",
     "initial_ensemble",
     "learn",
+    "mesh",
     "metrics",
     "nn",
     "observe",
