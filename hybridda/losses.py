@@ -296,9 +296,9 @@ def _negative_log_likelihood_ensemble(E, y, observation):
     C = S @ S.T + (N - 1) * jnp.eye(N)  # the ETKF's ensemble-space matrix
     log_det, quadratic = _log_det_and_quadratic(C, S @ d)
     log_det_ratio = log_det - N * jnp.log(N - 1.0)
-    innovation = jnp.where(mask, y - stats.obs_mean, 0.0)
-    # -log N(d; 0, R) over the observed entries, corrected to the predictive covariance.
-    observed_only = -observation.error.log_density(innovation, mask)
+    # -log N(d; 0, R) over the observed entries (d is whitened already), corrected to
+    # the predictive covariance.
+    observed_only = -observation.error.log_density_whitened(d, mask)
     correction = jnp.where(jnp.any(mask), log_det_ratio, 0.0)
     return observed_only - 0.5 * quadratic + 0.5 * correction
 

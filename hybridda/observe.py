@@ -46,7 +46,13 @@ class AbstractObservationError(eqx.Module):
         self, innovation: Float[Array, " p"], mask: Bool[Array, " p"]
     ) -> Float[Array, ""]:
         """Gaussian log-density of ``innovation`` over the observed entries."""
-        white = self.whiten(innovation, mask)
+        return self.log_density_whitened(self.whiten(innovation, mask), mask)
+
+    def log_density_whitened(
+        self, white: Float[Array, " p"], mask: Bool[Array, " p"]
+    ) -> Float[Array, ""]:
+        """`log_density` of the innovation whose whitened form ``R^{-1/2} d`` is `white`
+        (zero where unobserved), for callers that have whitened it already."""
         count = jnp.sum(mask)
         return (
             -0.5 * jnp.sum(white**2) - self._half_log_det(mask) - 0.5 * count * jnp.log(2 * jnp.pi)
