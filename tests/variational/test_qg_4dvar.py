@@ -22,8 +22,6 @@ WINDOW, STEPS_PER_CYCLE, DT = 4, 2, 0.05
 OBS_COUNT, OBS_STD, BACKGROUND_STD = 100, 0.05, 0.3
 
 
-
-
 SPIN_UP_CYCLES = 200  # 400 RK4 steps from the default state: turbulent, saturating
 
 
