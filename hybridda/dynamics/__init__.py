@@ -1,6 +1,8 @@
 """Physical models: each is an `AbstractDynamics` with a tendency ``f(t, x, args)``."""
 
 from ._base import AbstractDynamics as AbstractDynamics
+from .enso import RechargeOscillator as RechargeOscillator
+from .enso import euler_maruyama as euler_maruyama
 from .lorenz63 import Lorenz63 as Lorenz63
 from .lorenz96 import Lorenz96 as Lorenz96
 from .monomial import MonomialDynamics as MonomialDynamics
@@ -14,6 +16,8 @@ __all__ = [
     "Lorenz96",
     "MonomialDynamics",
     "QG",
+    "RechargeOscillator",
     "TwoScaleLorenz96",
+    "euler_maruyama",
     "monomial_exponents",
 ]
