@@ -85,13 +85,52 @@ class AbstractEnsembleFilter(AbstractAnalysisMethod):
     ) -> Float[Array, "N n"]:
         """The method's analysis update, without inflation."""
 
-    def analysis(self, E, y, observation, key):
+    def update_and_evidence(
+        self,
+        E: Float[Array, "N n"],
+        y: Float[Array, " p"],
+        observation: AbstractObservation,
+        key: PRNGKeyArray,
+    ) -> tuple[Float[Array, "N n"], Float[Array, ""]]:
+        """`update` and the negative log-likelihood of `y` given the ensemble `E`
+        ([`hybridda.filters.evidence.ensemble_negative_log_likelihood`][]).
+
+        Filters whose update forms the same ensemble-space matrices override this to
+        share them (the ETKF); the default computes the two separately.
+        """
+        from .evidence import ensemble_negative_log_likelihood
+
+        return (
+            self.update(E, y, observation, key),
+            ensemble_negative_log_likelihood(E, y, observation),
+        )
+
+    def _checked(self, E, y, observation):
         check_ensemble(E, observation, self.min_ensemble_size)
         if y.shape != (observation.obs_size,):
             raise ValueError(
                 f"The observation `y` must have shape ({observation.obs_size},), got {y.shape}."
             )
-        y = check_observations(y)
+        return check_observations(y)
+
+    def analysis(self, E, y, observation, key):
+        y = self._checked(E, y, observation)
         E_prior = self.inflation.prior(E)
         E_analysis = self.update(E_prior, y, observation, key)
         return self.inflation.posterior(E_prior, E_analysis)
+
+    def analysis_and_evidence(
+        self,
+        E: Float[Array, "N n"],
+        y: Float[Array, " p"],
+        observation: AbstractObservation,
+        key: PRNGKeyArray,
+    ) -> tuple[Float[Array, "N n"], Float[Array, ""]]:
+        """`analysis`, and the negative log-likelihood of `y` under the forecast after
+        the prior inflation: the per-cycle score of [`hybridda.cycled_loss`][]'s
+        ``"negative_log_likelihood"``, computed with the analysis's own matrices where
+        the filter allows it."""
+        y = self._checked(E, y, observation)
+        E_prior = self.inflation.prior(E)
+        E_analysis, nll = self.update_and_evidence(E_prior, y, observation, key)
+        return self.inflation.posterior(E_prior, E_analysis), nll
