@@ -6,7 +6,9 @@ from .enso import euler_maruyama as euler_maruyama
 from .lorenz63 import Lorenz63 as Lorenz63
 from .lorenz96 import Lorenz96 as Lorenz96
 from .monomial import MonomialDynamics as MonomialDynamics
+from .monomial import QuadraticDynamics as QuadraticDynamics
 from .monomial import monomial_exponents as monomial_exponents
+from .monomial import quadratic_exponents as quadratic_exponents
 from .qg import QG as QG
 from .two_scale_lorenz import TwoScaleLorenz96 as TwoScaleLorenz96
 
@@ -16,8 +18,10 @@ __all__ = [
     "Lorenz96",
     "MonomialDynamics",
     "QG",
+    "QuadraticDynamics",
     "RechargeOscillator",
     "TwoScaleLorenz96",
     "euler_maruyama",
     "monomial_exponents",
+    "quadratic_exponents",
 ]

@@ -149,3 +149,90 @@ class MonomialDynamics(AbstractDynamics):
 
     def tendency(self, t, x: Float[Array, " n"], args=None) -> Float[Array, " n"]:
         return self.features(x) @ self.coefficients.astype(x.dtype)
+
+
+def quadratic_exponents(n: int) -> tuple[tuple[int, ...], ...]:
+    """The monomials of [`QuadraticDynamics`][]: ``()``, ``(j,)``, ``(j, k)`` (``j ≤ k``)."""
+    return ((), *((j,) for j in range(n)), *itertools.combinations_with_replacement(range(n), 2))
+
+
+class QuadraticDynamics(AbstractDynamics):
+    r"""$\dot x_i = \sum_m a_{im}\, r_m(x)$: every quadratic polynomial of a small state.
+
+    The monomials $r(x)$ are the constant 1, the variables $x_j$ and the products
+    $x_j x_k$ ($j \le k$), in the order of [`quadratic_exponents`][]: ``1 + n + n(n+1)/2``
+    of them (10 for ``n = 3``), each variable with its own coefficients (no locality or
+    homogeneity, unlike [`MonomialDynamics`][]), so ``n`` × 10 = 30 coefficients for
+    Lorenz-63, which lies in this span: [`QuadraticDynamics.lorenz63`][] builds its
+    exact coefficients (7 non-zero), a known truth for a learnt surrogate.
+
+    **Arguments:**
+
+    - `coefficients`: shape ``(n, number_of_monomials)``, the learnable parameters.
+
+    !!! cite "Reference"
+        Bocquet, Brajard, Carrassi and Bertino (2019), Data assimilation as a learning
+        tool to infer ordinary differential equation representations of dynamical
+        models, *Nonlin. Processes Geophys.* 26, 143-162, section 4.
+    """
+
+    coefficients: Float[Array, "n monomials"] = eqx.field(converter=as_float_array)
+
+    def __check_init__(self):
+        shape = self.coefficients.shape
+        if len(shape) != 2 or shape[0] < 1:
+            raise ValueError(f"`coefficients` must have shape (n, 1 + n + n(n+1)/2), got {shape}.")
+        expected = self.number_of_monomials(shape[0])
+        if shape[1] != expected:
+            raise ValueError(
+                f"`coefficients` must have shape ({shape[0]}, {expected}): one row per "
+                f"variable, one column per monomial of {shape[0]} variables, got {shape}."
+            )
+
+    @staticmethod
+    def number_of_monomials(n: int) -> int:
+        """``1 + n + n(n+1)/2``."""
+        return 1 + n + n * (n + 1) // 2
+
+    @classmethod
+    def zeros(cls, n: int) -> "QuadraticDynamics":
+        """All coefficients zero (the tendency of persistence)."""
+        return cls(np.zeros((n, cls.number_of_monomials(n))))
+
+    @classmethod
+    def lorenz63(
+        cls, sigma: float = 10.0, rho: float = 28.0, beta: float = 8.0 / 3.0
+    ) -> "QuadraticDynamics":
+        r"""The exact Lorenz-63 tendency ($\sigma(y-x)$, $x(\rho-z)-y$, $xy-\beta z$)."""
+        terms = quadratic_exponents(3)
+        coefficients = np.zeros((3, len(terms)))
+        for row, term, value in (
+            (0, (0,), -sigma),
+            (0, (1,), sigma),
+            (1, (0,), rho),
+            (1, (1,), -1.0),
+            (1, (0, 2), -1.0),
+            (2, (0, 1), 1.0),
+            (2, (2,), -beta),
+        ):
+            coefficients[row, terms.index(term)] = value
+        return cls(coefficients)
+
+    def monomial_names(self) -> tuple[str, ...]:
+        """A readable name per column, e.g. ``"x[0]*x[2]"``."""
+        return tuple(
+            "*".join(f"x[{j}]" for j in term) if term else "1"
+            for term in quadratic_exponents(self.state_size)
+        )
+
+    def features(self, x: Float[Array, " n"]) -> Float[Array, " monomials"]:
+        """The monomials ``r(x)``: the tendency is ``coefficients @ r(x)``."""
+        rows, columns = np.triu_indices(self.state_size)
+        return jnp.concatenate([jnp.ones_like(x[:1]), x, x[rows] * x[columns]])
+
+    @property
+    def state_size(self) -> int:
+        return self.coefficients.shape[0]
+
+    def tendency(self, t, x: Float[Array, " n"], args=None) -> Float[Array, " n"]:
+        return self.coefficients.astype(x.dtype) @ self.features(x)

@@ -8,6 +8,8 @@ from .augmented import AugmentedObservation as AugmentedObservation
 from .augmented import ParameterAugmentation as ParameterAugmentation
 from .enkf import EnKF as EnKF
 from .enkf_n import EnKFN as EnKFN
+from .enks import SmootherOutput as SmootherOutput
+from .enks import ensemble_smoother as ensemble_smoother
 from .etkf import ETKF as ETKF
 from .ienks import IEnKS as IEnKS
 from .inflation import RTPP as RTPP
@@ -47,8 +49,10 @@ __all__ = [
     "RTPP",
     "RTPS",
     "Rotated",
+    "SmootherOutput",
     "Step",
     "ensemble_innovations",
+    "ensemble_smoother",
     "mean_preserving_rotation",
     "multiplicative",
     "periodic_distance",

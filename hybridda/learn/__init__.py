@@ -20,6 +20,9 @@ from ._data import AnalysisDataset as AnalysisDataset
 from ._data import RolloutPairs as RolloutPairs
 from ._data import rollout_pairs as rollout_pairs
 from ._data import train_validation_split as train_validation_split
+from ._em import TransitionFit as TransitionFit
+from ._em import fit_transitions as fit_transitions
+from ._em import model_error_variance as model_error_variance
 from ._loss import RolloutLoss as RolloutLoss
 from ._loss import rollout as rollout
 from ._trainer import History as History
@@ -36,7 +39,10 @@ __all__ = [
     "TrainResult",
     "TrainState",
     "Trainer",
+    "TransitionFit",
     "default_trainable",
+    "fit_transitions",
+    "model_error_variance",
     "rollout",
     "rollout_pairs",
     "train_validation_split",

@@ -79,3 +79,19 @@ def test_bad_input():
         MonomialDynamics(40, jnp.zeros(18), product_distance=5)
     with pytest.raises(ValueError, match="Lorenz-96 needs"):
         MonomialDynamics.lorenz96(40, radius=1)
+
+
+def test_quadratic_dynamics_holds_lorenz63_exactly():
+    from hybridda.dynamics import Lorenz63, QuadraticDynamics, quadratic_exponents
+
+    x = 10.0 * jax.random.normal(jax.random.key(3), (3,))
+    surrogate = QuadraticDynamics.lorenz63()
+    np.testing.assert_allclose(
+        surrogate.tendency(0.0, x), Lorenz63().tendency(0.0, x), rtol=0, atol=1e-12
+    )
+    assert surrogate.coefficients.shape == (3, 10) and len(quadratic_exponents(3)) == 10
+    assert int(np.count_nonzero(np.asarray(surrogate.coefficients))) == 7
+    features = surrogate.features(jnp.array([2.0, 3.0, 5.0]))
+    np.testing.assert_array_equal(features, [1, 2, 3, 5, 4, 6, 10, 9, 15, 25])
+    with pytest.raises(ValueError, match="one column per monomial"):
+        QuadraticDynamics(np.zeros((3, 9)))
