@@ -55,7 +55,7 @@ import optax
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
 from .._checks import concrete, require_count
-from .._training import digest, optimiser_transform
+from .._training import digest, optimiser_transform, train_in_chunks
 from ..checkpoint import resume_or_init
 
 # ============================================================================ schedules
@@ -726,48 +726,19 @@ def fit_diffusion(
         state, _, checkpointer = resume_or_init(
             checkpoint_dir, init_state, resume=resume, config=run_config, save_every=chunk
         )
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=steps, initial=state.step, desc="diffusion training", leave=False)
-    try:
-        while state.step < steps:
-            count = min(chunk, steps - state.step)
-            new_params, opt_state, ema_params, run_key, losses = _run_steps(
-                state.params,
-                static,
-                state.opt_state,
-                state.ema_params,
-                state.key,
-                data,
-                condition,
-                transform,
-                count,
-                batch_size,
-                objective,
-                float(ema_decay),
-            )
-            history = state.losses.copy()
-            history[state.step : state.step + count] = np.asarray(losses)
-            state = _FitState(
-                new_params, opt_state, ema_params, run_key, history, state.step + count
-            )
-            if checkpointer is not None:
-                checkpointer.save(state.step, state, force=state.step == steps)
-            if bar is not None:
-                bar.update(count)
-                bar.set_postfix(loss=f"{float(losses[-1]):.4g}")
-    finally:
-        if bar is not None:
-            bar.close()
-        if checkpointer is not None:
-            checkpointer.close()
-    if not np.all(np.isfinite(state.losses)):
-        raise FloatingPointError(
-            "Diffusion training diverged: the loss is non-finite from step "
-            f"{int(np.argmax(~np.isfinite(state.losses)))}; lower `learning_rate` or check `data`."
-        )
+    def advance(state, count):
+        params, opt_state, ema_params, run_key, losses = _run_steps(
+            state.params, static, state.opt_state, state.ema_params, state.key, data,
+            condition, transform, count, batch_size, objective, float(ema_decay),
+        )  # fmt: skip
+        new = _FitState(params, opt_state, ema_params, run_key, state.losses, state.step)
+        return new, losses
+
+    state = train_in_chunks(
+        state, advance, steps=steps, chunk=chunk, checkpointer=checkpointer,
+        progress=progress, what="Diffusion",
+    )  # fmt: skip
     return DiffusionFit(
         eqx.combine(state.params, static), eqx.combine(state.ema_params, static), state.losses
     )

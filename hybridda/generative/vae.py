@@ -43,7 +43,7 @@ import optax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from .._checks import as_float_array, concrete, require_count, require_positive
-from .._training import digest, optimiser_transform
+from .._training import digest, optimiser_transform, train_in_chunks
 from ..checkpoint import resume_or_init
 from ..nn import MLP
 
@@ -684,42 +684,17 @@ def fit_vae(
         state, _, checkpointer = resume_or_init(
             checkpoint_dir, init_state, resume=resume, config=run_config, save_every=chunk
         )
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=steps, initial=state.step, desc="VAE training", leave=False)
-    try:
-        while state.step < steps:
-            count = min(chunk, steps - state.step)
-            params, opt_state, run_key, losses = _run_steps_jit(
-                state.params,
-                static,
-                state.opt_state,
-                state.key,
-                data,
-                transform,
-                count,
-                batch_size,
-                objective,
-            )
-            history = state.losses.copy()
-            history[state.step : state.step + count] = np.asarray(losses)
-            state = _FitState(params, opt_state, run_key, history, state.step + count)
-            if checkpointer is not None:
-                checkpointer.save(state.step, state, force=state.step == steps)
-            if bar is not None:
-                bar.update(count)
-                bar.set_postfix(loss=f"{float(losses[-1]):.4g}")
-    finally:
-        if bar is not None:
-            bar.close()
-        if checkpointer is not None:
-            checkpointer.close()
+    def advance(state, count):
+        params, opt_state, run_key, losses = _run_steps_jit(
+            state.params, static, state.opt_state, state.key, data, transform, count,
+            batch_size, objective,
+        )  # fmt: skip
+        return _FitState(params, opt_state, run_key, state.losses, state.step), losses
+
+    state = train_in_chunks(
+        state, advance, steps=steps, chunk=chunk, checkpointer=checkpointer,
+        progress=progress, what="VAE",
+    )  # fmt: skip
     losses = state.losses
-    if not np.all(np.isfinite(losses)):
-        raise FloatingPointError(
-            f"VAE training diverged: the loss is non-finite from step "
-            f"{int(np.argmax(~np.isfinite(losses)))}; lower `learning_rate` or check `data`."
-        )
     return FitResult(eqx.combine(state.params, static), losses)
