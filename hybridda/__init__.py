@@ -15,6 +15,7 @@ from . import mesh as mesh
 from . import metrics as metrics
 from . import nn as nn
 from . import observe as observe
+from . import sharding as sharding
 from . import twin as twin
 from . import variational as variational
 from ._method import AbstractAnalysisMethod as AbstractAnalysisMethod
@@ -62,6 +63,7 @@ __all__ = [
     "metrics",
     "nn",
     "observe",
+    "sharding",
     "simulate",
     "spin_up",
     "synthesise_observations",
