@@ -22,6 +22,7 @@ from .letkf import LETKF as LETKF
 from .localisation import AbstractTaper as AbstractTaper
 from .localisation import GaspariCohn as GaspariCohn
 from .localisation import Gaussian as Gaussian
+from .localisation import LocalDomains as LocalDomains
 from .localisation import Localisation as Localisation
 from .localisation import Step as Step
 from .localisation import periodic_distance as periodic_distance
@@ -42,6 +43,7 @@ __all__ = [
     "GaspariCohn",
     "Gaussian",
     "LETKF",
+    "LocalDomains",
     "Localisation",
     "Multiplicative",
     "NoInflation",

@@ -11,7 +11,8 @@ parameters online inside [`hybridda.assimilate`][], with no change to the cyclin
   ``x`` only (``H_z = [H, 0]``).
 - [`ParameterAugmentation`][] wraps a global filter (ETKF, EnKF, EnKF-N; Optax-style):
   its analysis updates ``[x; θ]`` jointly with the lifted operator, so the parameters
-  move through their ensemble correlation with the forecast state. Around it, separate
+  move through their ensemble correlation with the forecast state. Wrapping the LETKF,
+  the state is analysed locally and the global parameters globally (section 4). Around it, separate
   inflations of the state and parameter blocks and an optional random walk of the
   parameters (a parameter model error).
 
@@ -25,8 +26,8 @@ Typical use::
 
 !!! cite "Reference"
     Bocquet, Farchi and Malartic (2021), Online learning of both state and dynamics
-    using ensemble Kalman filters, *Found. Data Sci.* 3, 305-330, section 3 (global
-    EnKF on the augmented state).
+    using ensemble Kalman filters, *Found. Data Sci.* 3, 305-330, sections 3 (global
+    EnKF on the augmented state) and 4 (local EnKF).
 """
 
 from collections.abc import Callable
@@ -42,7 +43,8 @@ from .._checks import concrete, require_positive
 from .._method import AbstractAnalysisMethod
 from ..cycle import EnsembleModel
 from ..observe import AbstractObservation, AbstractObservationError
-from ._base import AbstractEnsembleFilter
+from ._base import AbstractEnsembleFilter, ensemble_innovations
+from ._util import ensemble_transform
 from .enkf import EnKF
 from .inflation import AbstractInflation, NoInflation
 from .letkf import LETKF
@@ -269,9 +271,9 @@ class AugmentedObservation(AbstractObservation):
 
     def locations(self, state_coordinates):
         raise ValueError(
-            "Parameters have no position: localisation of an augmented state needs the "
-            "local update rules of Bocquet et al. (2021, section 4). Use a global filter "
-            "(ETKF, EnKF without localisation, EnKF-N) in ParameterAugmentation."
+            "Parameters have no position: localise the state only, with "
+            "ParameterAugmentation(LETKF(...)) (local state analyses, global parameter "
+            "update; Bocquet et al. 2021, section 4), or use a global filter."
         )
 
 
@@ -297,16 +299,27 @@ class ParameterAugmentation(AbstractAnalysisMethod):
     **Arguments:**
 
     - `filter`: a global [`hybridda.filters.AbstractEnsembleFilter`][] (ETKF, EnKF
-      without localisation, EnKF-N). Local filters are rejected: their update of global
-      parameters needs the paper's section-4 rules.
+      without localisation, EnKF-N), or the [`hybridda.filters.LETKF`][]: then the
+      state is updated by the local analyses and the global parameters as
+      `local_parameter_update` says (Bocquet, Farchi and Malartic 2021, section 4;
+      with the LETKF's `domains` a cycle costs ``O(n)``). An EnKF with covariance
+      localisation is rejected.
     - `parameter_inflation`: an inflation of the parameter block (e.g.
       ``Multiplicative(1.01)``, ``RTPS(0.5)``); default none.
     - `state_inflation`: an inflation of the state block only; default none.
     - `parameter_noise_std`: ``σ`` ≥ 0, a scalar or one per parameter; ``None``
       (default) for no random walk.
+    - `local_parameter_update` (LETKF only): ``"mean"`` (default) gives ``θ`` the mean
+      of its local analyses, one per local domain (the mean of the local weights and
+      transforms applied to the parameter anomalies), so each observation acts on
+      ``θ`` with its local taper; ``"global"`` the global ETKF analysis with every
+      observation, the exact marginal of the joint analysis for a linear-Gaussian
+      system but, with ``N`` much smaller than the number of observed degrees of
+      freedom, a collapse of the parameter spread (measured on Lorenz-96, n = 40, 20
+      observations, N = 10: F stuck at 7.07 against 8; ``"mean"`` reaches 8.01).
 
     !!! cite "Reference"
-        Bocquet, Farchi and Malartic (2021), *Found. Data Sci.* 3, 305-330, section 3.
+        Bocquet, Farchi and Malartic (2021), *Found. Data Sci.* 3, 305-330, sections 3-4.
     """
 
     filter: AbstractEnsembleFilter
@@ -315,6 +328,7 @@ class ParameterAugmentation(AbstractAnalysisMethod):
     parameter_noise_std: Float[Array, "*q"] | None = eqx.field(
         default=None, converter=_optional_float_array
     )
+    local_parameter_update: str = eqx.field(static=True, default="mean")
 
     def __check_init__(self):
         if not isinstance(self.filter, AbstractEnsembleFilter):
@@ -322,14 +336,17 @@ class ParameterAugmentation(AbstractAnalysisMethod):
                 "`filter` must be an ensemble filter (ETKF, EnKF, EnKFN), got "
                 f"{type(self.filter).__name__}."
             )
-        local = isinstance(self.filter, LETKF) or (
-            isinstance(self.filter, EnKF) and self.filter.localisation is not None
-        )
-        if local:
+        if self.local_parameter_update not in ("mean", "global"):
             raise ValueError(
-                f"{type(self.filter).__name__} with localisation cannot update global "
-                "parameters: use a global filter (ETKF, EnKF without localisation, EnKFN); "
-                "local parameter updates follow Bocquet et al. (2021, section 4)."
+                "`local_parameter_update` must be 'mean' (mean of the local analyses of "
+                f"the parameters) or 'global', got {self.local_parameter_update!r}."
+            )
+        if isinstance(self.filter, EnKF) and self.filter.localisation is not None:
+            raise ValueError(
+                "EnKF with covariance localisation cannot update global parameters here "
+                "(the state-parameter cross-covariances would need their own taper): use "
+                "the LETKF (local domains; global parameters get the global update) or a "
+                "global filter (ETKF, EnKF without localisation, EnKFN)."
             )
         std = self.parameter_noise_std
         if std is not None:
@@ -397,12 +414,36 @@ class ParameterAugmentation(AbstractAnalysisMethod):
             Theta = Theta + scale * (noise - noise.mean(axis=0, keepdims=True))
         X_prior = self.state_inflation.prior(X)
         Theta_prior = self.parameter_inflation.prior(Theta)
-        Z = self.filter.analysis(
-            jnp.concatenate([X_prior, Theta_prior], axis=1),
-            y,
-            AugmentedObservation(observation, q),
-            key,
-        )
+        Z_prior = jnp.concatenate([X_prior, Theta_prior], axis=1)
+        if isinstance(self.filter, LETKF):
+            Z = self._local_analysis(Z_prior, y, observation, key)
+        else:
+            Z = self.filter.analysis(Z_prior, y, AugmentedObservation(observation, q), key)
         X_analysis = self.state_inflation.posterior(X_prior, Z[:, :n])
         Theta_analysis = self.parameter_inflation.posterior(Theta_prior, Z[:, n:])
         return jnp.concatenate([X_analysis, Theta_analysis], axis=1)
+
+    def _local_analysis(self, Z, y, observation, key):
+        """The LETKF on ``[x; θ]`` (Bocquet, Farchi and Malartic 2021, section 4): the
+        state by the local analyses; the global parameters by the mean of their local
+        analyses or by the global analysis (`local_parameter_update`). Both share the
+        whitened anomalies ``S`` and innovation ``d``."""
+        letkf = self.filter
+        n = observation.state_size
+        y = letkf._checked(Z[:, :n], y, observation)
+        Z_prior = letkf.inflation.prior(Z)
+        X, Theta = Z_prior[:, :n], Z_prior[:, n:]
+        stats = ensemble_innovations(X, y, observation)
+        S, d = stats.obs_anomalies, stats.innovation
+        X_analysis = letkf.update(X, y, observation, key)
+        N1 = Z.shape[0] - 1
+        if self.local_parameter_update == "global":
+            C = S @ S.T + N1 * jnp.eye(Z.shape[0], dtype=Z.dtype)
+            weights, T = ensemble_transform(C, S @ d, N1)
+        else:  # the mean of the local analyses of θ: mean weights and transforms
+            local_weights, local_T = letkf.local_transforms(S, d, observation)
+            weights, T = local_weights.mean(axis=0), local_T.mean(axis=0)
+        mean = Theta.mean(axis=0)
+        Theta_analysis = mean[None, :] + (weights[None, :] + T) @ (Theta - mean[None, :])
+        Z_analysis = jnp.concatenate([X_analysis, Theta_analysis], axis=1)
+        return letkf.inflation.posterior(Z_prior, Z_analysis)

@@ -5,8 +5,10 @@ import math
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+import numpy as np
+from jaxtyping import Array, Float, Int
 
+from .._checks import concrete
 from ..observe import AbstractObservation, GaussianError
 
 # Gaspari-Cohn half-width per unit of `radius`: the taper then has the curvature at 0 of
@@ -214,6 +216,38 @@ class Localisation(eqx.Module):
         _, where, period = self._locations(observation)
         return self._taper(periodic_distance(where, where, period))
 
+    def local_domains(self, observation: AbstractObservation) -> "LocalDomains":
+        """The [`LocalDomains`][] of a fixed observation network, for
+        ``LETKF(localisation, domains=...)``.
+
+        Computed once, eagerly (call it outside `jit`, with concrete coordinates and
+        observation locations); its cost ``O(n p)`` is paid once instead of every cycle.
+        Rejects networks that change from cycle to cycle (random subsets, moving
+        swaths). With a taper of unbounded support (`Gaussian`) every domain holds all
+        ``p`` observations: correct, but no faster.
+        """
+        if type(observation).at_cycle is not AbstractObservation.at_cycle:
+            raise ValueError(
+                f"{type(observation).__name__} can change from cycle to cycle (it defines "
+                "`at_cycle`): local domains are for fixed networks; use the LETKF without "
+                "`domains` (it tapers every observation each cycle)."
+            )
+        taper = concrete(self.state_to_obs(observation))
+        if taper is None:
+            raise ValueError(
+                "`local_domains` needs concrete coordinates and observation locations: "
+                "call it outside jit (once per observation network)."
+            )
+        # At least one entry per domain (taper 0 if nothing is near: no update).
+        count = max(int(np.max(np.sum(taper > 0, axis=1))), 1)
+        # The k largest tapers of each row (all the nonzero ones), padded with zeros.
+        order = np.argsort(-taper, axis=1, kind="stable")[:, :count]
+        return LocalDomains(
+            indices=jnp.asarray(order, dtype=jnp.int32),
+            taper=jnp.asarray(np.take_along_axis(taper, order, axis=1)),
+            obs_size=observation.obs_size,
+        )
+
 
 def _require_uncorrelated(observation: AbstractObservation) -> None:
     # Tapering R⁻¹ (LETKF) or Schur products with whitened anomalies (EnKF) are only
@@ -224,3 +258,25 @@ def _require_uncorrelated(observation: AbstractObservation) -> None:
             f"scalar or per-observation std), got {type(observation.error).__name__}; "
             "decorrelate the observations first or use a global filter."
         )
+
+
+class LocalDomains(eqx.Module):
+    """The observations of each state variable's local domain, found once per network.
+
+    Row ``i`` lists the (at most ``k``) observations with a nonzero taper for state
+    variable ``i``, padded with taper 0. With them the LETKF's local analyses gather
+    ``k`` observations each instead of tapering all ``p``: its cost per cycle is then
+    ``O(n k N²)``, linear in the state size ``n``, instead of ``O(n p N²)``.
+
+    Build with [`Localisation.local_domains`][] for a fixed observation network (one
+    whose `at_cycle` returns itself); the arrays are ordinary leaves, so a filter that
+    holds them can be jitted and passed around like any module.
+    """
+
+    indices: Int[Array, "n k"]
+    taper: Float[Array, "n k"]
+    obs_size: int = eqx.field(static=True)
+
+    @property
+    def state_size(self) -> int:
+        return self.indices.shape[0]

@@ -113,3 +113,44 @@ def test_single_member_is_rejected():
     observation = full_observation(4, GaussianError(1.0))
     with pytest.raises(ValueError, match="ensemble_size"):
         analyse(LETKF(Localisation(2.0)), jnp.ones((1, 4)), jnp.zeros(4), observation, KEY)
+
+
+@pytest.mark.parametrize(
+    ("radius", "indices", "missing"),
+    [(2.0, [0, 2, 3, 7, 10], None), (1.0, list(range(12)), 4), (3.5, [5, 11], None)],
+)
+def test_local_domains_give_the_same_analysis(radius, indices, missing):
+    E = ring_ensemble(35)
+    rng = np.random.default_rng(36)
+    y = rng.standard_normal(len(indices)) * 2
+    if missing is not None:
+        y[missing] = np.nan  # a missing observation in some domains
+    observation = IndexObservation(indices, 12, GaussianError(0.8))
+    localisation = Localisation(radius)
+    domains = localisation.local_domains(observation)
+    # Only the observations inside the taper's support: fewer than all p for small radii.
+    support = 2 * gc_half_width(radius)
+    gaps = np.abs(np.arange(12)[:, None] - np.asarray(indices)[None, :]) % 12
+    distances = np.minimum(gaps, 12 - gaps)
+    assert domains.indices.shape == (12, int(np.max(np.sum(distances < support, axis=1))))
+    dense = analyse(LETKF(localisation), E, jnp.asarray(y), observation, KEY)
+    local = analyse(LETKF(localisation, domains=domains), E, jnp.asarray(y), observation, KEY)
+    np.testing.assert_allclose(local, dense, rtol=0, atol=1e-12)
+
+
+def test_local_domains_reject_changing_networks_and_mismatched_sizes():
+    from hybridda.observe import RandomSubsetObservation
+
+    localisation = Localisation(2.0)
+    network = RandomSubsetObservation(4, 12, GaussianError(1.0), jax.random.key(0))
+    with pytest.raises(ValueError, match="change from cycle to cycle"):
+        localisation.local_domains(network)
+    domains = localisation.local_domains(every_kth(12, 2, GaussianError(1.0)))
+    with pytest.raises(ValueError, match=r"built for 12 state variables and 6 observations"):
+        analyse(
+            LETKF(localisation, domains=domains),
+            ring_ensemble(37),
+            jnp.zeros(4),
+            every_kth(12, 3, GaussianError(1.0)),
+            KEY,
+        )
