@@ -36,11 +36,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from .._checks import concrete, require_positive
 from .._method import AbstractAnalysisMethod
+from .._parameters import check_learnt, partition_learnt, with_learnt
 from ..cycle import EnsembleModel
 from ..observe import AbstractObservation, AbstractObservationError
 from ._base import AbstractEnsembleFilter, ensemble_innovations
@@ -52,13 +52,6 @@ from .letkf import LETKF
 
 def _optional_float_array(value):
     return None if value is None else jnp.asarray(value, dtype=float)
-
-
-def _no_parameters_message(model) -> str:
-    return (
-        f"The model {type(model).__name__} has no learnt parameters: `where` must select "
-        "floating-point array leaves of it (e.g. where=lambda m: m.dynamics.forcing)."
-    )
 
 
 class AugmentedModel(eqx.Module):
@@ -92,28 +85,10 @@ class AugmentedModel(eqx.Module):
                 "`model` must be a one-cycle ensemble model (with `cycle_length`, `ensemble` and "
                 f"`__call__`, e.g. a hybridda.Resolvent), got {type(self.model).__name__}."
             )
-        selected = jax.tree.leaves(eqx.filter(self.model, self._filter_spec()))
-        if not selected:
-            raise ValueError(_no_parameters_message(self.model))
-        if not all(eqx.is_inexact_array(leaf) for leaf in selected):
-            kinds = sorted({type(leaf).__name__ for leaf in selected})
-            raise ValueError(
-                f"`where` must select floating-point arrays only (learnt parameters), got "
-                f"leaves of types {kinds}."
-            )
-
-    def _filter_spec(self) -> PyTree:
-        if self.where is None:
-            return jax.tree.map(eqx.is_inexact_array, self.model)
-        nothing = jax.tree.map(lambda _: False, self.model)
-        return eqx.tree_at(
-            self.where, nothing, replace_fn=lambda node: jax.tree.map(lambda _: True, node)
-        )
+        check_learnt(self.model, self.where)
 
     def _partition(self):
-        learnt, rest = eqx.partition(self.model, self._filter_spec())
-        flat, unravel = ravel_pytree(learnt)
-        return flat, unravel, rest
+        return partition_learnt(self.model, self.where)
 
     @property
     def cycle_length(self) -> float:
@@ -136,8 +111,7 @@ class AugmentedModel(eqx.Module):
 
     def with_parameters(self, theta: Float[Array, " q"]) -> EnsembleModel:
         """`model` with its learnt leaves replaced by those of the vector `theta`."""
-        _, unravel, rest = self._partition()
-        return eqx.combine(unravel(theta), rest)
+        return with_learnt(self.model, self.where, theta)
 
     def split(
         self, Z: Float[Array, "*batch augmented"]

@@ -3,6 +3,7 @@
 from .costs import StrongFourDVar as StrongFourDVar
 from .costs import ThreeDVarCost as ThreeDVarCost
 from .costs import WeakFourDVar as WeakFourDVar
+from .costs import WithModelParameters as WithModelParameters
 from .covariances import channel_gaussian_covariance as channel_gaussian_covariance
 from .covariances import climatological_covariance as climatological_covariance
 from .fourdvar import FourDVar as FourDVar
@@ -19,6 +20,7 @@ __all__ = [
     "ThreeDVarCost",
     "Var3D",
     "WeakFourDVar",
+    "WithModelParameters",
     "channel_gaussian_covariance",
     "climatological_covariance",
     "gauss_newton",

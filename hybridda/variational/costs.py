@@ -1,12 +1,15 @@
 """Variational cost functionals as modules: ``J(control) -> scalar`` and its pieces."""
 
+from collections.abc import Callable
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 from jaxtyping import Array, Float, Int
 
-from .._checks import as_float_array, require_spd
+from .._checks import as_float_array, require_positive, require_spd
+from .._parameters import check_learnt, partition_learnt, with_learnt
 from ..observe import AbstractObservation, check_observations, observed_mask
 
 
@@ -296,3 +299,151 @@ def _observation_residuals(observation, y, states, first_cycle, obs_weights=None
     if obs_weights is None:
         return residuals
     return jnp.sqrt(obs_weights)[:, None] * residuals
+
+
+class WithModelParameters(eqx.Module):
+    r"""A 4D-Var cost whose control also holds parameters of the model: online learning.
+
+    With ``θ`` the flat vector of the model's leaves that `where` selects (e.g. the
+    forcing, a network's weights) and ``M_θ`` the model with those leaves set to ``θ``,
+
+    $$J(c, θ) = J_{\text{cost}}(c;\ M_θ) + \tfrac12\|θ - θ_b\|^2_{P^{-1}},
+      \qquad P = \operatorname{diag}(σ^2),$$
+
+    where ``c`` is the wrapped cost's own control (``x0`` for [`StrongFourDVar`][],
+    ``(x0, η)`` for [`WeakFourDVar`][]). Minimising it estimates the state and the
+    parameters together from one window's observations; cycling windows with ``θ_b``
+    set to the previous window's estimate learns the model online, every time new
+    observations arrive. With a network correction as the parameters this is the
+    online model-error correction of Farchi et al. (2021, J. Comput. Sci., section 5;
+    2023, QJRMS) in its strong- and weak-constraint forms.
+
+    The control is the pair ``(c, θ)``. The minimisers of this package work in the
+    whitened control ``(wrapped cost's whitened control, (θ - θ_b)/σ)``; the
+    tangent-linear and adjoint models with respect to ``θ`` come from `jax.jvp` and
+    `jax.vjp` like those with respect to the state.
+
+    **Arguments:**
+
+    - `cost`: a [`StrongFourDVar`][] or [`WeakFourDVar`][] whose `model` holds the
+      parameters.
+    - `where`: selects the learnt part of ``cost.model``, as in `equinox.tree_at`
+      (``lambda m: m.dynamics.forcing``, ``lambda m: m.correction``); ``None``: every
+      floating-point array leaf of the model.
+    - `parameter_background`: ``θ_b``, default the model's current values.
+    - `parameter_std`: ``σ`` > 0, a scalar or one per parameter: the prior (background)
+      uncertainty of the parameters, i.e. how far one window may move them.
+
+    !!! cite "References"
+        Farchi, Bocquet, Laloyaux, Bonavita and Malartic (2021), A comparison of combined
+        data assimilation and machine learning methods for offline and online model
+        error correction, *J. Comput. Sci.* 55, 101468.
+        Farchi, Chrust, Bocquet, Laloyaux and Bonavita (2023), Online model error
+        correction with neural networks in the incremental 4D-Var framework, *J. Adv.
+        Model. Earth Syst.* 15, e2022MS003474.
+    """
+
+    cost: StrongFourDVar | WeakFourDVar
+    where: Callable | None = eqx.field(static=True, default=None)
+    parameter_background: Float[Array, " q"] | None = None
+    parameter_std: Float[Array, "*q"] = eqx.field(default=1.0, converter=as_float_array)
+
+    def __post_init__(self):
+        if self.parameter_background is None:
+            check_learnt(self.cost.model, self.where)
+            theta, _, _ = partition_learnt(self.cost.model, self.where)
+            self.parameter_background = theta
+        else:
+            self.parameter_background = as_float_array(self.parameter_background)
+
+    def __check_init__(self):
+        if not isinstance(self.cost, StrongFourDVar | WeakFourDVar):
+            raise ValueError(
+                "`cost` must be a StrongFourDVar or WeakFourDVar (the parameters are those of "
+                f"its model), got {type(self.cost).__name__}."
+            )
+        check_learnt(self.cost.model, self.where)
+        q = self.parameter_size
+        if self.parameter_background.shape != (q,):
+            raise ValueError(
+                f"`parameter_background` must have shape ({q},) (the {q} learnt parameters), "
+                f"got {self.parameter_background.shape}."
+            )
+        if self.parameter_std.shape not in ((), (q,)):
+            raise ValueError(
+                f"`parameter_std` must be a scalar or have shape ({q},), got "
+                f"{self.parameter_std.shape}."
+            )
+        require_positive(
+            "parameter_std", self.parameter_std, "It is the parameters' background std σ > 0."
+        )
+
+    @property
+    def parameter_size(self) -> int:
+        return partition_learnt(self.cost.model, self.where)[0].shape[0]
+
+    @property
+    def window(self) -> int:
+        return self.cost.window
+
+    def with_parameters(self, theta: Float[Array, " q"]) -> StrongFourDVar | WeakFourDVar:
+        """The wrapped cost with its model's parameters set to `theta`."""
+        model = with_learnt(self.cost.model, self.where, theta)
+        return eqx.tree_at(lambda cost: cost.model, self.cost, model)
+
+    def initial_control(self, x0: Float[Array, " n"] | None = None):
+        """``(wrapped cost's initial control, θ_b)``; `x0` defaults to the background."""
+        x0 = self.cost.background if x0 is None else x0
+        inner = self.cost.initial_control(x0) if isinstance(self.cost, WeakFourDVar) else x0
+        return inner, self.parameter_background
+
+    def parameter_residual(self, theta: Float[Array, " q"]) -> Float[Array, " q"]:
+        return (theta - self.parameter_background) / self.parameter_std
+
+    def trajectory(self, control) -> Float[Array, "L n"]:
+        inner, theta = control
+        return self.with_parameters(theta).trajectory(inner)
+
+    def control_factors(self):
+        """The wrapped cost's factors (``P`` is diagonal: nothing to factorise)."""
+        return self.cost.control_factors()
+
+    def whiten_control(self, control, factors=None):
+        inner, theta = control
+        return self.cost.whiten_control(inner, factors), self.parameter_residual(theta)
+
+    def colour_control(self, white, factors=None):
+        inner, omega = white
+        theta = self.parameter_background + self.parameter_std * omega
+        return self.cost.colour_control(inner, factors), theta
+
+    def whitened_residuals(self, white, factors) -> Float[Array, " m"]:
+        """`residuals` of ``colour_control(white)``; the parameter part is exactly ω."""
+        inner, omega = white
+        theta = self.parameter_background + self.parameter_std * omega
+        residuals = self.with_parameters(theta).whitened_residuals(inner, factors)
+        return jnp.concatenate([residuals, jnp.broadcast_to(omega, theta.shape)])
+
+    def residuals(self, control) -> Float[Array, " m"]:
+        inner, theta = control
+        return jnp.concatenate(
+            [self.with_parameters(theta).residuals(inner), self.parameter_residual(theta)]
+        )
+
+    def parameter_term(self, control) -> Float[Array, ""]:
+        return 0.5 * jnp.sum(self.parameter_residual(control[1]) ** 2)
+
+    def background_term(self, control) -> Float[Array, ""]:
+        return self.cost.background_term(control[0])
+
+    def model_error_term(self, control) -> Float[Array, ""]:
+        if not isinstance(self.cost, WeakFourDVar):
+            return jnp.zeros(())
+        return self.cost.model_error_term(control[0])
+
+    def observation_term(self, control) -> Float[Array, ""]:
+        inner, theta = control
+        return self.with_parameters(theta).observation_term(inner)
+
+    def __call__(self, control) -> Float[Array, ""]:
+        return 0.5 * jnp.sum(self.residuals(control) ** 2)

@@ -254,3 +254,28 @@ def linear_twin(
     return LinearTwin(
         model, observation, jnp.asarray(y), jnp.asarray(E0), mean, covariance, M, H, obs_std
     )
+
+
+class AffineDynamics(AbstractDynamics):
+    """dx/dt = A x + b: with RK4, x⁺ = M x + G b is linear in the augmented state [x; b]."""
+
+    matrix: jnp.ndarray
+    bias: jnp.ndarray
+
+    @property
+    def state_size(self) -> int:
+        return self.matrix.shape[0]
+
+    def tendency(self, t, x, args=None):
+        return self.matrix @ x + self.bias
+
+
+def rk4_affine_step(A: np.ndarray, h: float) -> tuple[np.ndarray, np.ndarray]:
+    """One RK4 step of dx/dt = A x + b as ``x⁺ = M x + G b`` (the truncated exponential)."""
+    n = A.shape[0]
+    powers = [np.eye(n)]
+    for _ in range(4):
+        powers.append(powers[-1] @ (h * A))
+    M = sum(p / f for p, f in zip(powers, (1, 1, 2, 6, 24), strict=True))
+    G = h * sum(p / f for p, f in zip(powers[:4], (1, 2, 6, 24), strict=True))
+    return M, G

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import hybridda
-from hybridda.dynamics import AbstractDynamics, Lorenz96
+from hybridda.dynamics import Lorenz96
 from hybridda.filters import (
     ETKF,
     LETKF,
@@ -23,35 +23,18 @@ from hybridda.filters import (
 )
 from hybridda.observe import GaussianError, IndexObservation, LinearObservation, full_observation
 
-from .helpers import analyse, ensemble_with_moments, kalman_update, random_spd, sample_moments
+from .helpers import (
+    AffineDynamics,
+    analyse,
+    ensemble_with_moments,
+    kalman_update,
+    random_spd,
+    rk4_affine_step,
+    sample_moments,
+)
 
 KEY = jax.random.key(0)
 DT = 0.1
-
-
-class AffineDynamics(AbstractDynamics):
-    """dx/dt = A x + b: with RK4, x⁺ = M x + G b is linear in the augmented state [x; b]."""
-
-    matrix: jnp.ndarray
-    bias: jnp.ndarray
-
-    @property
-    def state_size(self) -> int:
-        return self.matrix.shape[0]
-
-    def tendency(self, t, x, args=None):
-        return self.matrix @ x + self.bias
-
-
-def rk4_affine_step(A: np.ndarray, h: float) -> tuple[np.ndarray, np.ndarray]:
-    """One RK4 step of dx/dt = A x + b as ``x⁺ = M x + G b`` (the truncated exponential)."""
-    n = A.shape[0]
-    powers = [np.eye(n)]
-    for _ in range(4):
-        powers.append(powers[-1] @ (h * A))
-    M = sum(p / f for p, f in zip(powers, (1, 1, 2, 6, 24), strict=True))
-    G = h * sum(p / f for p, f in zip(powers[:4], (1, 2, 6, 24), strict=True))
-    return M, G
 
 
 def affine_problem(seed: int = 0):
