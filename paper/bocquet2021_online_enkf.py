@@ -12,7 +12,10 @@ Lorenz-96 model:
   have an exact truth (4 non-zero: F, -1, +1, -1);
 - filter: a global ETKF (or EnKF-N, ``--method enkf-n``) on the augmented state
   ``[x; θ]`` (58 variables), through `hybridda.filters.ParameterAugmentation` and
-  `hybridda.filters.AugmentedModel` inside `hybridda.assimilate`. Every member is
+  `hybridda.filters.AugmentedModel` inside `hybridda.assimilate`; or (section 4,
+  ``--method letkf``) the LETKF, which analyses the state locally (Gaspari-Cohn radius
+  ``--localisation-radius``) and the coefficients by the mean of their local analyses,
+  so that fewer members than the state's unstable directions suffice. Every member is
   forecast with its own coefficients, and the analysis of the observed state updates
   the coefficients through their forecast correlations.
 
@@ -34,6 +37,8 @@ Usage::
     python paper/bocquet2021_online_enkf.py                  # 20000 cycles
     python paper/bocquet2021_online_enkf.py --resume         # continue an interrupted run
     python paper/bocquet2021_online_enkf.py --obs-every 2 --out runs/bocquet2021_half
+    python paper/bocquet2021_online_enkf.py --method letkf --ensemble-size 10 \
+        --out runs/bocquet2021_letkf                      # the local EnKF (section 4)
 """
 
 import os
@@ -61,14 +66,16 @@ from hybridda.checkpoint import resume_or_init  # noqa: E402
 from hybridda.dynamics import Lorenz96, MonomialDynamics  # noqa: E402
 from hybridda.filters import (  # noqa: E402
     ETKF,
+    LETKF,
     AugmentedModel,
     EnKFN,
+    Localisation,
     ParameterAugmentation,
     multiplicative,
 )
 from hybridda.observe import GaussianError, every_kth  # noqa: E402
 
-METHODS = ("etkf", "enkf-n")
+METHODS = ("etkf", "enkf-n", "letkf")
 PRIORS = ("constant", "perturbed-truth")
 
 
@@ -83,6 +90,8 @@ class Config:
     obs_every: int = 1
     radius: int = 2
     method: str = "etkf"
+    localisation_radius: float = 4.0
+    parameter_update: str = "mean"
     ensemble_size: int = 40
     inflation: float = 1.02
     parameter_inflation: float = 1.0
@@ -104,6 +113,14 @@ class Config:
             raise ValueError(f"`--method` must be one of {METHODS}, got {self.method!r}.")
         if self.prior not in PRIORS:
             raise ValueError(f"`--prior` must be one of {PRIORS}, got {self.prior!r}.")
+        if self.parameter_update not in ("mean", "global"):
+            raise ValueError(
+                f"`--parameter-update` must be 'mean' or 'global', got {self.parameter_update!r}."
+            )
+        if not self.localisation_radius > 0:
+            raise ValueError(
+                f"`--localisation-radius` must be > 0, got {self.localisation_radius}."
+            )
         if self.ensemble_size < 2:
             raise ValueError(f"`--ensemble-size` must be >= 2, got {self.ensemble_size}.")
         if not self.prior_std > 0:
@@ -143,7 +160,21 @@ def parse_args(argv):
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     parser.add_argument("--cycles", type=int, help="DA cycles (default 20000; quick 3000)")
     parser.add_argument("--chunk", type=int, help="cycles per compiled chunk / checkpoint")
-    parser.add_argument("--method", choices=METHODS, help="global filter (default etkf)")
+    parser.add_argument(
+        "--method",
+        choices=METHODS,
+        help="global ETKF (default), EnKF-N, or the LETKF (section 4: local state analyses, "
+        "coefficients by the mean of their local analyses)",
+    )
+    parser.add_argument(
+        "--localisation-radius", type=float, help="LETKF localisation radius (grid units, 4)"
+    )
+    parser.add_argument(
+        "--parameter-update",
+        choices=("mean", "global"),
+        help="LETKF: coefficients by the mean of their local analyses (default) or by the "
+        "global analysis with every observation",
+    )
     parser.add_argument("--ensemble-size", type=int, help="members (default 40)")
     parser.add_argument("--inflation", type=float, help="filter inflation, whole [x; θ] (1.02)")
     parser.add_argument(
@@ -168,8 +199,11 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def build_filter(config: Config):
+def build_filter(config: Config, observation):
     inflation = multiplicative(config.inflation)
+    if config.method == "letkf":
+        localisation = Localisation(config.localisation_radius)
+        return LETKF(localisation, inflation, localisation.local_domains(observation))
     return ETKF(inflation=inflation) if config.method == "etkf" else EnKFN(inflation=inflation)
 
 
@@ -182,6 +216,8 @@ def main(argv=None) -> dict | None:
         "method",
         "ensemble_size",
         "inflation",
+        "localisation_radius",
+        "parameter_update",
         "parameter_inflation",
         "parameter_noise_std",
         "prior",
@@ -231,9 +267,10 @@ def main(argv=None) -> dict | None:
     )
     noise = config.parameter_noise_std or None
     method = ParameterAugmentation(
-        build_filter(config),
+        build_filter(config, observation),
         parameter_inflation=multiplicative(config.parameter_inflation),
         parameter_noise_std=noise,
+        local_parameter_update=config.parameter_update,
     )
     state_ensemble = hybridda.initial_ensemble(
         k_state, x0, config.ensemble_size, config.initial_spread
@@ -387,7 +424,7 @@ def _diagnostics(
 
     # The same filter with the true model, on the same observations and initial states.
     reference = eqx.filter_jit(hybridda.assimilate)(
-        truth_model, observation, build_filter(config), y, state_ensemble, k_da
+        truth_model, observation, build_filter(config, observation), y, state_ensemble, k_da
     )
     rmse_reference = metrics.rmse(truth, reference.analysis_mean)
 
@@ -552,7 +589,7 @@ def _figure(path, config, results, series):
     ax.legend(fontsize=8)
     ax.set_title("forecast skill of the final surrogate")
     fig.suptitle(
-        f"Online learning of Lorenz-96 with a global augmented {config.method.upper()} "
+        f"Online learning of Lorenz-96 with an augmented {config.method.upper()} "
         f"(N={config.ensemble_size}, obs every {config.obs_every}, seed {config.seed})"
     )
     fig.savefig(path, dpi=110)
