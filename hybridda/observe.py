@@ -340,6 +340,109 @@ class LinearObservation(AbstractObservation):
         return self.obs_locations
 
 
+def radiance_weights(layers: int, channels: int = 8, width: float | None = None):
+    """Vertical weighting functions of `channels` satellite-like channels over `layers`.
+
+    Channel ``c`` is a Gaussian bump in the layer index centred at height
+    ``(c + ½) P / channels`` with std `width` (default ``P / channels``: neighbouring
+    channels overlap, as real radiance weighting functions do), normalised to sum 1.
+    Returns ``(channels, layers)``.
+    """
+    if not (isinstance(layers, int) and isinstance(channels, int) and 1 <= channels <= layers):
+        raise ValueError(
+            f"Need integers 1 <= channels <= layers, got channels={channels}, layers={layers}."
+        )
+    width = layers / channels if width is None else float(width)
+    if not width > 0:
+        raise ValueError(f"`width` (std of each weighting function, layers) must be > 0: {width}.")
+    centres = (jnp.arange(channels) + 0.5) * layers / channels
+    bumps = jnp.exp(-0.5 * ((jnp.arange(layers)[None, :] - centres[:, None]) / width) ** 2)
+    return bumps / bumps.sum(axis=1, keepdims=True)
+
+
+class RadianceObservation(AbstractObservation):
+    r"""Satellite-like radiances of a layered model: vertical weighted averages.
+
+    For a state stored layer by layer (``x[z * n + i]``, e.g.
+    [`hybridda.dynamics.MultiLayerLorenz96`][]) the observation of channel ``c`` above
+    column ``i`` is ``y_{c,i} = Σ_z W_{c,z} x_{z,i}``: non-local in the vertical, so it
+    cannot be attributed to one grid point. Observations are ordered channel by channel,
+    ``y[c * m + j]`` for the ``j``-th observed column.
+
+    For localisation, an observation sits above its column at its channel's mean height
+    ``Σ_z W_{c,z} z`` (the usual convention for radiances), from 2-D state coordinates
+    ``(horizontal, layer)``.
+
+    **Arguments:**
+
+    - `weights`: ``W``, shape ``(channels, layers)`` (see [`radiance_weights`][]).
+    - `n`: variables per layer (static).
+    - `error`: the observation-error model (``channels × columns`` observations).
+    - `columns`: the observed columns (default all ``n``).
+    """
+
+    weights: Float[Array, "c P"] = eqx.field(converter=as_float_array)
+    n: int = eqx.field(static=True)
+    error: AbstractObservationError
+    columns: Int[Array, " m"] | None = None
+
+    def __post_init__(self):
+        columns = jnp.arange(self.n) if self.columns is None else self.columns
+        self.columns = jnp.asarray(columns, dtype=jnp.int32)
+
+    def __check_init__(self):
+        if self.weights.ndim != 2:
+            raise ValueError(
+                f"`weights` must have shape (channels, layers), got {self.weights.shape}."
+            )
+        if self.columns.ndim != 1 or self.columns.shape[0] == 0:
+            raise ValueError(f"`columns` must be a non-empty vector, got {self.columns.shape}.")
+        values = concrete(self.columns)
+        if values is not None and (values.min() < 0 or values.max() >= self.n):
+            raise ValueError(
+                f"`columns` must lie in [0, {self.n}), got [{values.min()}, {values.max()}]."
+            )
+
+    @property
+    def layers(self) -> int:
+        return self.weights.shape[1]
+
+    @property
+    def state_size(self) -> int:
+        return self.layers * self.n
+
+    @property
+    def obs_size(self) -> int:
+        return self.weights.shape[0] * self.columns.shape[0]
+
+    def __call__(self, x):
+        field = x.reshape(*x.shape[:-1], self.layers, self.n)[..., self.columns]
+        return jnp.einsum("cz,...zm->...cm", self.weights, field).reshape(*x.shape[:-1], -1)
+
+    def linearise(self, x):
+        rows = jnp.einsum("cz,mi->cmzi", self.weights, jnp.eye(self.n)[self.columns])
+        return rows.reshape(self.obs_size, self.state_size)
+
+    def locations(self, state_coordinates):
+        if state_coordinates.ndim != 2 or state_coordinates.shape[1] != 2:
+            raise ValueError(
+                "Radiances are located in 2-D (horizontal, layer): give state coordinates of "
+                f"shape ({self.state_size}, 2), e.g. MultiLayerLorenz96.coordinates(), got "
+                f"{state_coordinates.shape}."
+            )
+        grid = state_coordinates.reshape(self.layers, self.n, 2)
+        horizontal = grid[0, self.columns, 0]  # (m,)
+        height = self.weights @ grid[:, 0, 1]  # (c,) mean height of each channel
+        channels, m = self.weights.shape[0], self.columns.shape[0]
+        return jnp.stack(
+            [
+                jnp.broadcast_to(horizontal[None, :], (channels, m)).ravel(),
+                jnp.broadcast_to(height[:, None], (channels, m)).ravel(),
+            ],
+            axis=1,
+        )
+
+
 def observed_mask(y: Float[Array, " p"]) -> Bool[Array, " p"]:
     """Which entries of ``y`` are observed (not NaN)."""
     return ~jnp.isnan(y)

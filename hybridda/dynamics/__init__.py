@@ -9,6 +9,8 @@ from .monomial import MonomialDynamics as MonomialDynamics
 from .monomial import QuadraticDynamics as QuadraticDynamics
 from .monomial import monomial_exponents as monomial_exponents
 from .monomial import quadratic_exponents as quadratic_exponents
+from .multilayer_lorenz import MultiLayerLorenz96 as MultiLayerLorenz96
+from .multilayer_lorenz import linear_forcing_profile as linear_forcing_profile
 from .qg import QG as QG
 from .two_scale_lorenz import TwoScaleLorenz96 as TwoScaleLorenz96
 
@@ -17,11 +19,13 @@ __all__ = [
     "Lorenz63",
     "Lorenz96",
     "MonomialDynamics",
+    "MultiLayerLorenz96",
     "QG",
     "QuadraticDynamics",
     "RechargeOscillator",
     "TwoScaleLorenz96",
     "euler_maruyama",
+    "linear_forcing_profile",
     "monomial_exponents",
     "quadratic_exponents",
 ]
