@@ -10,15 +10,16 @@ latent method wraps an existing filter, unchanged:
   analysis members. The decoded members lie on the decoder's manifold by construction.
   With an optional [`FineTune`][] the VAE is first fine-tuned on the forecast ensemble
   (transfer learning from the offline VAE, every cycle), for manifolds that move;
-- [`VAEPairFilter`][] (the pair): a second VAE, for the innovations ``d = y - H(x)``.
-  Its encoder ``g`` is standardised on samples of the prior-predictive innovations
-  ``H(x_i) + ε - H(x_j)`` (members ``i, j`` drawn at random, ``ε`` from the *true*
-  observation-error distribution, which may be skewed or biased), and the filter is
-  run in that latent innovation space: observation operator ``z ↦ -g̃(y - H(decoder
-  z))``, observed value 0, and error covariance the covariance of
-  ``g̃(y - H(x_j) + ε) - g̃(y - H(x_j))``. A bias of the errors is then centred out
-  and a skewed error distribution mapped closer to a Gaussian before the Kalman
-  update;
+- [`VAEPairFilter`][] (the pair): a second VAE, for the innovations. The Kalman
+  update is a linear regression of the state on the innovation; the pair regresses
+  the latent state on the *encoded* innovation ``g(d)`` instead: each member predicts
+  ``mean_k g(H(x_i) + ε_k - m)`` (``ε_k`` drawn from the *true* observation-error
+  distribution, which may be skewed or biased; ``m`` the forecast mean in observation
+  space), the observed value is ``g(y - m)``, and the error covariance is the spread
+  that ``ε`` adds in the encoded space. A bias of the errors is thereby removed, and
+  where ``g`` maps skewed innovations closer to a Gaussian the update becomes
+  nonlinear in ``y`` (a Gaussian anamorphosis of the innovation), which is what can
+  beat the Kalman update;
 - [`assimilate_online`][] cycles any method in chunks of ``k`` cycles and lets a
   function update it between chunks (e.g. [`refit_vae`][]: refit the VAE on the last
   chunk's ensembles).
@@ -234,17 +235,22 @@ class StandardisedEncoder(eqx.Module):
 
 
 class InnovationObservation(AbstractObservation):
-    """``z ↦ -g(y - H(decoder(z)))``: the state latent seen in the innovation latent.
+    """``z ↦ mean_k g(H(decoder z) + ε_k - m)``: a latent state seen as an encoded innovation.
 
-    The observed value in this space is 0 (so the filter's innovation is the ensemble
-    mean of ``g(y - H(x_i))``); the error model is given (estimated per cycle by
+    The innovation VAE's (standardised) encoder `innovation_encoder` ``g`` applied to
+    the prior-predictive innovations of the state ``x = decoder(z)``,
+    ``H(x) + ε_k - m``, averaged over the observation-error draws `error_samples`
+    ``ε_k`` (common to every member); ``m`` (`reference`) is the forecast mean in
+    observation space. The observed value in this space is ``g(y - m)``, the encoded
+    innovation; `error` is the spread of ``g`` over the draws (estimated per cycle by
     [`VAEPairFilter`][]).
     """
 
     observation: AbstractObservation
     decoder: Callable
     innovation_encoder: Callable
-    y: Float[Array, " p"]
+    reference: Float[Array, " p"]
+    error_samples: Float[Array, "K p"]
     error: AbstractObservationError
     latent_size: int = eqx.field(static=True)
     innovation_size: int = eqx.field(static=True)
@@ -258,7 +264,9 @@ class InnovationObservation(AbstractObservation):
         return self.innovation_size
 
     def __call__(self, z: Float[Array, " d"]) -> Float[Array, " q"]:
-        return -self.innovation_encoder(self.y - self.observation(self.decoder(z)))
+        predicted = self.observation(self.decoder(z)) - self.reference
+        draws = predicted[None, :] + self.error_samples
+        return jax.vmap(self.innovation_encoder)(draws).mean(axis=0)
 
     def locations(self, state_coordinates):
         raise TypeError("Latent innovations have no position: no localisation in latent space.")
@@ -267,33 +275,50 @@ class InnovationObservation(AbstractObservation):
 class VAEPairFilter(AbstractAnalysisMethod):
     """Run `filter` between the latent space of the states and that of the innovations.
 
-    Pasmans et al. (2025), the VAE pair. Per analysis, with ``x̂_i = decoder(μ(x_i))``
-    the members as the state VAE represents them and ``K = innovation_samples``:
+    Pasmans et al. (2025), the VAE pair. The Kalman update is a linear regression of
+    the state on the innovation; here it regresses the latent state ``z`` on the
+    *encoded* innovation ``g(d)``, where the innovation VAE makes the distribution of
+    ``d`` closer to a Gaussian, so that non-Gaussian (skewed) and biased observation
+    errors are handled by the regression instead of being assumed away. Per analysis,
+    with ``x̂_i = decoder(μ(x_i))`` the members as the state VAE represents them,
+    ``m = mean_i H(x̂_i)`` and ``K = innovation_samples`` draws ``ε_k`` from
+    `error_sampler` (the true error distribution):
 
-    1. prior-predictive innovations ``t_k = H(x̂_{i_k}) + ε_k - H(x̂_{j_k})`` (``i_k, j_k``
-       uniform over members, ``ε_k`` from `error_sampler`, the true error
-       distribution); optionally fine-tune the innovation VAE on them
-       (`innovation_online`);
-    2. ``g̃ = (μ_g - m) / s``: the innovation encoder's mean, standardised with the mean
-       ``m`` and std ``s`` of ``μ_g(t_k)``. The mean carries the error bias (and the
-       skewness's shift), so it is removed here;
+    1. optionally fine-tune the innovation VAE (`innovation_online`) on the
+       prior-predictive innovations ``H(x̂_{i_k}) + ε_k - m`` (``i_k`` uniform over
+       members);
+    2. ``g = (μ_g - c) / s``: the innovation encoder's mean, standardised with the mean
+       ``c`` and std ``s`` of the encoded prior-predictive innovations
+       ``g_ik = μ_g(H(x̂_i) + ε_k - m)`` (no effect on the analysis, which is affine-
+       equivariant in observation space; it keeps the numbers O(1));
     3. the wrapped filter on ``Z = μ(E)`` with the [`InnovationObservation`][]
-       ``z ↦ -g̃(y - H(decoder z))``, observed value 0, and error covariance
-       ``R̃ = cov_k[g̃(y - H(x̂_{j_k}) + ε'_k) - g̃(y - H(x̂_{j_k}))]`` (+ a relative
-       jitter);
+       ``z ↦ mean_k g(H(decoder z) + ε_k - m)`` (what member ``i`` predicts for the
+       encoded innovation, the bias and skewness of ``ε`` included), observed value
+       ``g(y - m)`` (the encoded innovation) and error covariance
+       ``R̃ = mean_i cov_k g_ik`` (the spread of the encoded innovation that the error
+       adds to each member). ``Y Yᵀ/(N-1) + R̃`` is then, up to the ``N - 1`` and
+       ``K - 1`` normalisations, the sample covariance of all ``g_ik`` (law of total
+       covariance): the covariance ``C`` of the encoded prior-predictive innovations
+       that the authors' ETKF uses;
     4. decode the analysis members.
 
-    With a linear ``g`` and unbiased Gaussian errors ``R̃ → G R Gᵀ``: the same analysis
-    as [`LatentFilter`][] up to the sampling error of ``R̃`` (the "slightly worse with
-    strictly Gaussian errors" of the paper).
+    With identity VAEs this is the ETKF given ``y - mean_k ε_k`` and
+    ``R = cov_k ε_k``: the bias is removed and ``R`` carries sampling error (the
+    "slightly worse with strictly Gaussian errors" of the paper). With a nonlinear,
+    Gaussianising ``g`` the update is nonlinear in ``y`` (Gaussian anamorphosis of
+    the innovation), which is what can beat the Kalman update for skewed errors.
 
-    Differences from the authors' code (`InnoVaeTransform` + `EtkfD` in their DAPPER
-    fork): they encode random latent draws, we encode means; they form the ensemble-
-    space update from the sample covariance ``C`` of the encoded innovations
-    ``g(y + ε_k - H x_j)`` directly, we pass the ETKF an error covariance ``R̃`` (the
-    covariance of the paired differences above, positive definite by construction),
-    so that the filter is the library's ETKF unchanged; they fine-tune the innovation
-    VAE every cycle, here it is optional (`innovation_online`).
+    Relation to the authors' code (`InnoVaeTransform` + `EtkfD` in their DAPPER fork):
+    they take ``C`` from encoded perturbed innovations ``g(y - H x_k - ε_k)`` and the
+    mean update from their mean minus ``g(0)`` (the encoded zero innovation), with
+    ``Y`` from ``-g(y - H x_i)``; this is the same regression (of the state on the
+    encoded innovation, evaluated at the observed one), written as the library's ETKF
+    with an operator, an observed value and an ``R̃`` (positive definite by
+    construction), and with ``Y`` from the same ``ε``-averaged encodings as ``C``.
+    They encode random latent draws where we encode means, train the innovation VAE
+    on ``y + ε - H x_j`` (the mirror image of their ``y - H x_k - ε_k`` when ``ε`` is
+    skewed; here the VAE is trained on and applied to the same ``H x + ε - m``), and
+    fine-tune it every cycle, which is optional here (`innovation_online`).
 
     **Arguments:**
 
@@ -354,39 +379,40 @@ class VAEPairFilter(AbstractAnalysisMethod):
             state_vae = self.online(state_vae, E, keys[0])
         Z = jax.vmap(state_vae.encode_mean)(E)
         Eo = jax.vmap(lambda z: observation(state_vae.decode_point(z)))(Z)  # H(x̂_i)
+        reference = Eo.mean(axis=0)  # m
+        centred = Eo - reference[None, :]
         N, K = E.shape[0], self.innovation_samples
-        first = jax.random.randint(keys[1], (K,), 0, N)
-        second = jax.random.randint(keys[2], (K,), 0, N)
-
-        def errors(k):
-            return jax.vmap(lambda kk: self.error_sampler.sample(kk, p))(jax.random.split(k, K))
-
-        prior_innovations = Eo[first] + errors(keys[3]) - Eo[second]
+        eps = jax.vmap(lambda k: self.error_sampler.sample(k, p))(jax.random.split(keys[3], K))
         innovation_vae = self.innovation_vae
         if self.innovation_online is not None:
+            # the prior-predictive innovations H(x̂_i) + ε_k - m, one member per draw
+            first = jax.random.randint(keys[1], (K,), 0, N)
+            prior_innovations = centred[first] + eps
             innovation_vae = self.innovation_online(innovation_vae, prior_innovations, keys[4])
-        encoded = jax.vmap(innovation_vae.encode_mean)(prior_innovations)
-        centre = encoded.mean(axis=0)
-        spread = encoded.std(axis=0)
+        q = innovation_vae.latent_size
+
+        # g(H(x̂_i) + ε_k - m) for every member i and draw k, standardised on all of them
+        shifted = centred[:, None, :] + eps[None, :, :]
+        raw = jax.vmap(jax.vmap(innovation_vae.encode_mean))(shifted)  # (N, K, q)
+        centre = raw.mean(axis=(0, 1))
+        spread = raw.reshape(N * K, q).std(axis=0)
         scale = jnp.where(spread > 0, spread, 1.0)
         g = StandardisedEncoder(innovation_vae.encode_mean, centre, scale)
-        around_y = y[None, :] - Eo[second]
-        differences = jax.vmap(g)(around_y + errors(keys[5])) - jax.vmap(g)(around_y)
-        differences = differences - differences.mean(axis=0, keepdims=True)
-        R = differences.T @ differences / (K - 1)
+        anomalies = (raw - raw.mean(axis=1, keepdims=True)) / scale[None, None, :]
+        R = jnp.einsum("ika,ikb->ab", anomalies, anomalies) / (N * (K - 1))  # mean_i cov_k
         R = 0.5 * (R + R.T)
-        q = innovation_vae.latent_size
         R = R + (self.jitter * jnp.trace(R) / q + jnp.finfo(R.dtype).tiny) * jnp.eye(q)
         latent_observation = InnovationObservation(
             observation,
             state_vae.decode_point,
             g,
-            y,
+            reference,
+            eps,
             CorrelatedGaussianError(R),
             state_vae.latent_size,
             q,
         )
-        Z_a = self.filter.analysis(Z, jnp.zeros(q, Z.dtype), latent_observation, key)
+        Z_a = self.filter.analysis(Z, g(y - reference), latent_observation, key)
         return jax.vmap(state_vae.decode_point)(Z_a)
 
 

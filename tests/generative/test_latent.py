@@ -1,11 +1,13 @@
 """Latent filters: exact algebra with identity and affine VAEs, the VAE pair against the
-ETKF (Gaussian errors) and a biased ETKF, online cycling, errors on bad input."""
+ETKF (Gaussian errors), a biased ETKF and, with a Gaussianising innovation encoder, the
+ETKF under skewed errors; online cycling, errors on bad input."""
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.stats
 
 import hybridda as hda
 from hybridda.filters import ETKF, EnKF
@@ -134,6 +136,57 @@ def test_pair_with_identity_vaes_is_the_etkf_with_the_bias_removed(bias):
         # the ETKF that ignores the bias is off by a sizeable fraction of it
         E_biased = np.asarray(analyse(ETKF(), problem.E, problem.y + bias, observation, KEY))
         assert np.abs(E_biased.mean(axis=0) - E_etkf.mean(axis=0)).max() > 0.2 * bias
+
+
+class ChiSquareError(eqx.Module):
+    """Zero-mean errors ``std (ξ² - 1) / √2``, ``ξ ~ N(0, 1)``: std `std`, skewness 2√2."""
+
+    std: float
+
+    def sample(self, key, obs_size):
+        return self.std * (jax.random.normal(key, (obs_size,)) ** 2 - 1) / 2**0.5
+
+
+class QuantileEncoder(eqx.Module):
+    """``d ↦ Φ⁻¹(F(d))`` with ``F`` the empirical CDF of a sample: a Gaussianising map."""
+
+    sorted_sample: jax.Array
+    normal_scores: jax.Array
+
+    def __call__(self, d):
+        z = jnp.interp(d, self.sorted_sample, self.normal_scores)
+        return z, jnp.full(d.shape, -30.0)
+
+
+def test_pair_with_a_gaussianising_innovation_encoder_beats_the_etkf_on_skewed_errors():
+    # A scalar state with prior N(0, 1) (32 members, standardised exactly) observed
+    # directly with zero-mean errors of std 1 and skewness 2.8. The ETKF's analysis mean
+    # is then the Kalman y / 2 (tests/filters), the best *linear* update; the pair
+    # regresses on Φ⁻¹(F(d)) of the prior-predictive innovation d = x + ε - m instead
+    # (Gaussian anamorphosis, nonlinear in y) and must beat it over truths drawn from
+    # the prior (RMSE ratio 0.89-0.92 over six seeds of this set-up, 1000 truths each).
+    rng = np.random.default_rng(0)
+
+    def chi_square(size):
+        return (rng.standard_normal(size) ** 2 - 1) / 2**0.5
+
+    M = 4000
+    innovations = np.sort(rng.standard_normal(M) + chi_square(M))
+    normal_scores = scipy.stats.norm.ppf((np.arange(M) + 0.5) / M)
+    encoder = QuantileEncoder(jnp.asarray(innovations), jnp.asarray(normal_scores))
+    innovation_vae = VAE(encoder, Identity(False), Gaussian(1.0), 1, 1)
+    pair = VAEPairFilter(ETKF(), identity_vae(1), innovation_vae, ChiSquareError(1.0), 64)
+    observation = full_observation(1, GaussianError(1.0))
+    E = rng.standard_normal((32, 1))
+    E = jnp.asarray((E - E.mean()) / E.std(ddof=1))
+    truth = rng.standard_normal(1000)
+    y = truth + chi_square(1000)
+    means = jax.jit(jax.vmap(lambda y: pair.analysis(E, y, observation, KEY).mean()))(
+        jnp.asarray(y)[:, None]
+    )
+    rmse_pair = np.sqrt(np.mean((np.asarray(means) - truth) ** 2))
+    rmse_etkf = np.sqrt(np.mean((y / 2 - truth) ** 2))
+    assert rmse_pair < 0.95 * rmse_etkf
 
 
 def test_online_cycling_without_updates_equals_assimilate_and_refitting_runs():
