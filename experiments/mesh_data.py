@@ -28,6 +28,11 @@ Usage::
     python experiments/mesh_data.py --quick --out runs/mesh_data_quick    # 6 coarse cases
     python experiments/mesh_data.py --cases 50 --seed 1 --max-area 1e-3 --wall-spacing 0.015 \
         --out runs/mesh_data_fine                                         # larger meshes
+    python experiments/mesh_data.py --cases 20 --seed 2 --length 9 --max-buildings 6 \
+        --out runs/mesh_data_long                                         # longer channels
+
+``--length L`` stretches the channel; the buildings then lie in ``(1, L - 2.5)`` and the
+source in ``(0.4, L - 3)`` (for the default L = 6: ``(1, 3.5)`` and ``(0.4, 3)``).
 """
 
 import argparse
@@ -53,6 +58,7 @@ class Config:
     length: float = 6.0
     height: float = 1.0
     max_buildings: int = 4
+    building_region: tuple[float, float] = (1.0, 3.5)
     reynolds: float = 100.0
     inflow_speed: float = 1.0
     exponent_range: tuple[float, float] = (0.1, 0.4)
@@ -78,19 +84,8 @@ def source_position(rng: np.random.Generator, canopy: urban.Canopy, config: Conf
     return float(x), float(ground + 1.5 * config.source_width)
 
 
-def generate_case(case_id: int, config: Config, seed_sequence, out: Path) -> dict:
-    """Mesh, solve and save one case; returns its index entry."""
-    rng = np.random.default_rng(seed_sequence)
-    canopy = urban.random_canopy(
-        rng, length=config.length, height=config.height, max_buildings=config.max_buildings
-    )
-    exponent = float(rng.uniform(*config.exponent_range))
-    source = source_position(rng, canopy, config)
-
-    start, cpu_start = time.perf_counter(), time.process_time()
-    positions, cells, node_type = urban.triangulate(
-        canopy, max_area=config.max_area, wall_spacing=config.wall_spacing
-    )
+def solve_case(positions, cells, exponent: float, source, config: Config):
+    """The flow (a `fem.FlowSolution`) and the scalar at the nodes for one case's mesh."""
     viscosity = config.inflow_speed * config.height / config.reynolds
     inflow = fem.power_law_inflow(exponent, config.height, config.inflow_speed)
     try:
@@ -105,7 +100,27 @@ def generate_case(case_id: int, config: Config, seed_sequence, out: Path) -> dic
         r2 = (x - source[0]) ** 2 + (y - source[1]) ** 2
         return np.exp(-r2 / (2 * width**2)) / (2 * np.pi * width**2)
 
-    scalar = fem.solve_scalar(flow, source_density, config.diffusivity)
+    return flow, fem.solve_scalar(flow, source_density, config.diffusivity)
+
+
+def generate_case(case_id: int, config: Config, seed_sequence, out: Path) -> dict:
+    """Mesh, solve and save one case; returns its index entry."""
+    rng = np.random.default_rng(seed_sequence)
+    canopy = urban.random_canopy(
+        rng,
+        length=config.length,
+        height=config.height,
+        max_buildings=config.max_buildings,
+        region=config.building_region,
+    )
+    exponent = float(rng.uniform(*config.exponent_range))
+    source = source_position(rng, canopy, config)
+
+    start, cpu_start = time.perf_counter(), time.process_time()
+    positions, cells, node_type = urban.triangulate(
+        canopy, max_area=config.max_area, wall_spacing=config.wall_spacing
+    )
+    flow, scalar = solve_case(positions, cells, exponent, source, config)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
 
     name = f"case_{case_id:05d}.npz"
@@ -172,14 +187,24 @@ def main(argv=None) -> dict:
         default=None,
         help=f"mesh size on building walls ({Config.wall_spacing}); smaller = finer meshes",
     )
+    parser.add_argument(
+        "--length", type=float, default=None, help=f"channel length ({Config.length})"
+    )
+    parser.add_argument(
+        "--max-buildings", type=int, default=None, help=f"per case ({Config.max_buildings})"
+    )
     parser.add_argument("--quick", action="store_true", help="6 coarse cases (tests)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
     settings = dict(QUICK) if args.quick else {}
-    for name in ("cases", "max_area", "wall_spacing"):
+    for name in ("cases", "max_area", "wall_spacing", "max_buildings"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
+    if args.length is not None:  # buildings and source keep their distance to the outflow
+        settings["length"] = args.length
+        settings["building_region"] = (1.0, args.length - 2.5)
+        settings["source_region"] = (0.4, args.length - 3.0)
     config = Config(seed=args.seed, workers=args.workers, reynolds=args.reynolds, **settings)
     if config.cases < 1 or config.workers < 1:
         parser.error("--cases and --workers must be >= 1")

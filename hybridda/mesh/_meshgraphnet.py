@@ -82,6 +82,8 @@ class MeshGraphNet(AbstractMeshModel):
     - `steps`: message-passing blocks (the paper: 15); `mlp_depth`: hidden layers per
       MLP (the paper: 2).
     - `absolute_positions`: whether node positions join the node inputs.
+    - `edge_scale`: edge vectors and lengths are divided by it before the edge encoder;
+      a typical edge length makes them O(1) (Pfaff et al. normalise every input).
     - `key`: PRNG key; `dtype`: parameter dtype (inputs are cast to it).
 
     **Reference:** T. Pfaff, M. Fortunato, A. Sanchez-Gonzalez, P. W. Battaglia,
@@ -97,6 +99,7 @@ class MeshGraphNet(AbstractMeshModel):
     out_size: int = eqx.field(static=True)
     dim: int = eqx.field(static=True)
     absolute_positions: bool = eqx.field(static=True)
+    edge_scale: float = eqx.field(static=True)
 
     def __init__(
         self,
@@ -109,6 +112,7 @@ class MeshGraphNet(AbstractMeshModel):
         steps: int = 6,
         mlp_depth: int = 2,
         absolute_positions: bool = True,
+        edge_scale: float = 1.0,
         key: PRNGKeyArray,
         dtype=None,
     ):
@@ -116,6 +120,8 @@ class MeshGraphNet(AbstractMeshModel):
         require_count("latent", latent, "width of the node and edge vectors")
         require_count("steps", steps, "message-passing blocks")
         require_count("mlp_depth", mlp_depth, "hidden layers per MLP")
+        if not (isinstance(edge_scale, int | float) and edge_scale > 0):
+            raise ValueError(f"`edge_scale` must be a number > 0, got {edge_scale!r}.")
         dtype = dtype_or_default(dtype)
         node_in = in_features + NodeType.count() + condition_size
         node_in += dim if absolute_positions else 0
@@ -126,6 +132,7 @@ class MeshGraphNet(AbstractMeshModel):
         self.decoder = mlp(latent, out_size, latent, mlp_depth, key=keys[2], dtype=dtype)
         self.in_features, self.condition_size, self.out_size = in_features, condition_size, out_size
         self.dim, self.absolute_positions = dim, absolute_positions
+        self.edge_scale = float(edge_scale)
 
     def __call__(
         self,
@@ -141,8 +148,8 @@ class MeshGraphNet(AbstractMeshModel):
         if self.absolute_positions:
             inputs.append(mesh.positions.astype(dtype))
         nodes = rows(self.node_encoder, jnp.concatenate(inputs, axis=-1))
-        vectors = edge_vectors(mesh).astype(dtype)
-        lengths = edge_lengths(mesh).astype(dtype)
+        vectors = (edge_vectors(mesh) / self.edge_scale).astype(dtype)
+        lengths = (edge_lengths(mesh) / self.edge_scale).astype(dtype)
         edges = rows(self.edge_encoder, jnp.concatenate([vectors, lengths[:, None]], axis=-1))
         for block in self.blocks:
             nodes, edges = block(mesh, nodes, edges)

@@ -264,5 +264,7 @@ def test_bad_input_gives_clear_errors(case, models):
             hm.AnchoredBranchedTransformer(FEATURES, key=jax.random.key(0), **kwargs)
     with pytest.raises(ValueError, match="in_features"):
         hm.MeshGraphNet(-1, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="edge_scale"):
+        hm.MeshGraphNet(FEATURES, edge_scale=0.0, key=jax.random.key(0))
     with pytest.raises(ValueError, match="slices"):
         hm.Transolver(FEATURES, slices=0, key=jax.random.key(0))
