@@ -36,8 +36,6 @@ import os
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -49,6 +47,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import hybridda  # noqa: E402
+from hybridda._benchmark import machine, machine_line, write_results  # noqa: E402
 from hybridda.dynamics import Lorenz96, MonomialDynamics  # noqa: E402
 from hybridda.filters import (  # noqa: E402
     LETKF,
@@ -205,20 +204,12 @@ def main(argv=None) -> dict:
     record = {
         "settings": settings,
         "seed": args.seed,
-        "device": str(jax.devices()[0]),
-        "cpu_count": os.cpu_count(),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "platform": platform.platform(),
-        "jax": jax.__version__,
+        **machine(),
         "rows": rows,
         "slopes": {label: slopes(rows, label) for label in ("domains", "dense")},
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(record, indent=2)
-    (args.out / "online_letkf_scale.json").write_text(text)
-    (args.out / "metrics.json").write_text(text)
-    (args.out / "config.json").write_text(
-        json.dumps({**settings, "seed": args.seed, "quick": args.quick}, indent=2)
+    write_results(
+        args.out, "online_letkf_scale", record, {**settings, "seed": args.seed, "quick": args.quick}
     )
     print_table(record)
     return record
@@ -226,10 +217,7 @@ def main(argv=None) -> dict:
 
 def print_table(record):
     s = record["settings"]
-    print(
-        f"device: {record['device']} ({record['cpu_count']} CPUs, load "
-        f"{record['load_average'][0]:.1f}), jax {record['jax']}"
-    )
+    print(machine_line(record))
     print(
         f"online augmented LETKF, Lorenz-96, every 2nd variable observed, N={s['members']}, "
         f"radius {s['radius']}, 18 monomial coefficients learnt"

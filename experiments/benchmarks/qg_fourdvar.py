@@ -39,8 +39,6 @@ import os
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -54,6 +52,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import hybridda as hda  # noqa: E402
+from hybridda._benchmark import machine, machine_line, write_results  # noqa: E402
 from hybridda.dynamics import QG  # noqa: E402
 from hybridda.observe import GaussianError, RandomQGPointObservation  # noqa: E402
 from hybridda.variational import (  # noqa: E402
@@ -271,20 +270,12 @@ def main(argv=None) -> dict:
         "state_size": n,
         "observations_per_window": settings["window"] * settings["obs_count"],
         "window_model_steps": settings["window"] * settings["steps_per_cycle"],
-        "device": str(jax.devices()[0]),
-        "cpu_count": os.cpu_count(),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "platform": platform.platform(),
-        "jax": jax.__version__,
+        **machine(),
         "window": window,
         "gradients": gradients,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(record, indent=2)
-    (args.out / "qg_fourdvar.json").write_text(text)
-    (args.out / "metrics.json").write_text(text)
-    (args.out / "config.json").write_text(
-        json.dumps({**settings, "seed": args.seed, "quick": args.quick}, indent=2)
+    write_results(
+        args.out, "qg_fourdvar", record, {**settings, "seed": args.seed, "quick": args.quick}
     )
     print_table(record)
     return record
@@ -292,10 +283,7 @@ def main(argv=None) -> dict:
 
 def print_table(record):
     settings, window, gradients = record["settings"], record["window"], record["gradients"]
-    print(
-        f"device: {record['device']} ({record['cpu_count']} CPUs, load "
-        f"{record['load_average'][0]:.1f}), jax {record['jax']}"
-    )
+    print(machine_line(record))
     print(
         f"QG 40x20 (n={record['state_size']}), strong 4D-Var window of {settings['window']} "
         f"cycles x {settings['steps_per_cycle']} RK4 steps, "

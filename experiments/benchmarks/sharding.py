@@ -54,8 +54,6 @@ if __name__ == "__main__":
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -67,6 +65,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import hybridda  # noqa: E402
+from hybridda._benchmark import machine, machine_line, write_results  # noqa: E402
 from hybridda.dynamics import Lorenz96  # noqa: E402
 from hybridda.filters import EnKF, Multiplicative  # noqa: E402
 from hybridda.observe import GaussianError, every_kth  # noqa: E402
@@ -242,21 +241,12 @@ def main(argv=None) -> dict:
     record = {
         "settings": settings,
         "seed": args.seed,
-        "device": str(jax.devices()[0]),
-        "device_count": len(jax.devices()),
-        "cpu_count": os.cpu_count(),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "platform": platform.platform(),
-        "jax": jax.__version__,
+        **machine(),
         "filter": time_filter(settings, args.seed),
         "window_batch": time_window_batch(settings, args.seed),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(record, indent=2)
-    (args.out / "sharding.json").write_text(text)
-    (args.out / "metrics.json").write_text(text)
-    (args.out / "config.json").write_text(
-        json.dumps({**settings, "seed": args.seed, "quick": args.quick}, indent=2)
+    write_results(
+        args.out, "sharding", record, {**settings, "seed": args.seed, "quick": args.quick}
     )
     print_table(record)
     return record
@@ -264,10 +254,7 @@ def main(argv=None) -> dict:
 
 def print_table(record):
     s = record["settings"]
-    print(
-        f"device: {record['device']} x {record['device_count']} ({record['cpu_count']} CPUs, "
-        f"load {record['load_average'][0]:.1f}), jax {record['jax']}"
-    )
+    print(machine_line(record))
     print(
         f"EnKF N={s['members']} on Lorenz-96 n={s['n']}, {s['cycles']} cycles x {s['steps']} "
         f"RK4 steps | batch of {s['windows']} strong 4D-Var windows ({s['window']} cycles, "
