@@ -47,7 +47,7 @@ from ._base import AbstractEnsembleFilter, ensemble_innovations
 from ._util import ensemble_transform
 from .enkf import EnKF
 from .inflation import AbstractInflation, NoInflation
-from .letkf import LETKF
+from .letkf import LETKF, apply_local_transforms
 
 
 def _optional_float_array(value):
@@ -407,15 +407,17 @@ class ParameterAugmentation(AbstractAnalysisMethod):
         y = letkf._checked(Z[:, :n], y, observation)
         Z_prior = letkf.inflation.prior(Z)
         X, Theta = Z_prior[:, :n], Z_prior[:, n:]
+        del key  # the LETKF is deterministic
         stats = ensemble_innovations(X, y, observation)
         S, d = stats.obs_anomalies, stats.innovation
-        X_analysis = letkf.update(X, y, observation, key)
+        # One set of local transforms serves the state and (by default) the parameters.
+        local_weights, local_T = letkf.local_transforms(S, d, observation)
+        X_analysis = apply_local_transforms(stats.mean, stats.anomalies, local_weights, local_T)
         N1 = Z.shape[0] - 1
         if self.local_parameter_update == "global":
             C = S @ S.T + N1 * jnp.eye(Z.shape[0], dtype=Z.dtype)
             weights, T = ensemble_transform(C, S @ d, N1)
         else:  # the mean of the local analyses of θ: mean weights and transforms
-            local_weights, local_T = letkf.local_transforms(S, d, observation)
             weights, T = local_weights.mean(axis=0), local_T.mean(axis=0)
         mean = Theta.mean(axis=0)
         Theta_analysis = mean[None, :] + (weights[None, :] + T) @ (Theta - mean[None, :])

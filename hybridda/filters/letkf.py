@@ -50,11 +50,7 @@ class LETKF(AbstractEnsembleFilter):
         del key
         stats = ensemble_innovations(E, y, observation)
         weights, T = self.local_transforms(stats.obs_anomalies, stats.innovation, observation)
-        # Member m, variable i: x̄_i + Σ_k (w_ik + T_imk) A_ki.
-        increments = jnp.einsum("ik,ki->i", weights, stats.anomalies)[None, :] + jnp.einsum(
-            "imk,ki->mi", T, stats.anomalies
-        )
-        return stats.mean[None, :] + increments
+        return apply_local_transforms(stats.mean, stats.anomalies, weights, T)
 
     def local_transforms(
         self,
@@ -85,3 +81,17 @@ class LETKF(AbstractEnsembleFilter):
             C = jnp.einsum("aik,ik,bik->iab", local_S, rho, local_S) + N1 * eye
             projected = jnp.einsum("ik,aik->ia", rho * d[domains.indices], local_S)
         return ensemble_transform(C, projected, N1)  # (n, N), (n, N, N)
+
+
+def apply_local_transforms(
+    mean: Float[Array, " n"],
+    anomalies: Float[Array, "N n"],
+    weights: Float[Array, "n N"],
+    T: Float[Array, "n N N"],
+) -> Float[Array, "N n"]:
+    """The analysis ensemble from the local weights and transforms of every variable."""
+    # Member m, variable i: x̄_i + Σ_k (w_ik + T_imk) A_ki.
+    increments = jnp.einsum("ik,ki->i", weights, anomalies)[None, :] + jnp.einsum(
+        "imk,ki->mi", T, anomalies
+    )
+    return mean[None, :] + increments
