@@ -32,3 +32,14 @@ def test_quick_benchmark_times_sharded_runs_that_equal_one_device(tmp_path):
     assert saved["filter"]["rows"][1]["members_sharded"]
     assert saved["window_batch"]["rows"][1]["batch_axis_sharded"]
     assert json.loads((tmp_path / "config.json").read_text())["quick"]
+
+
+def test_forced_device_count_reads_only_the_numbers_after_devices():
+    # `--devices 1 --n 4000` once forced 4000 host devices (the n was read as a count).
+    spec = importlib.util.spec_from_file_location("bench_sharding", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    counts = module.requested_device_counts
+    assert counts(["--devices", "1", "--n", "4000", "--members", "128"]) == [1]
+    assert counts(["--n", "4000", "--devices", "2", "8", "--repeats", "3"]) == [2, 8]
+    assert counts(["--quick"]) == [1, 2, 4]

@@ -36,15 +36,23 @@ import re
 import sys
 
 
+def requested_device_counts(argv) -> list[int]:
+    """The device counts after ``--devices`` in `argv` (up to the next option), or 1 2 4."""
+    if "--devices" not in argv:
+        return [1, 2, 4]
+    counts = []
+    for value in argv[argv.index("--devices") + 1 :]:
+        if not value.isdigit():  # the next option: its numbers are not device counts
+            break
+        counts.append(int(value))
+    return counts or [1, 2, 4]
+
+
 def _force_host_devices(argv) -> None:
     """Ask XLA for as many host devices as the largest `--devices`, before JAX starts."""
     if "jax" in sys.modules or re.search(r"device_count=\d+", os.environ.get("XLA_FLAGS", "")):
         return
-    counts = [1, 2, 4]
-    if "--devices" in argv:
-        index = argv.index("--devices") + 1
-        counts = [int(c) for c in argv[index:] if c.isdigit()] or counts
-    flag = f"--xla_force_host_platform_device_count={max(counts)}"
+    flag = f"--xla_force_host_platform_device_count={max(requested_device_counts(argv))}"
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
 
 
