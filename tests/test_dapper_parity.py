@@ -3,20 +3,16 @@
 import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
 from hybridda.configs.sakov2008 import REFERENCES
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "dapper_parity.py"
+from .scripts import load_script
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("dapper_parity", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/benchmarks/dapper_parity.py")
 
 
 @pytest.fixture(scope="module")

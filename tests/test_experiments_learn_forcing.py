@@ -1,17 +1,12 @@
 """experiments/learn_forcing.py --quick: gradient descent through a cycled ETKF finds F."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "learn_forcing.py"
+from .scripts import load_script
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("learn_forcing", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/learn_forcing.py")
 
 
 def test_quick_run_recovers_the_forcing(tmp_path):

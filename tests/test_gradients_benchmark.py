@@ -1,18 +1,13 @@
 """experiments/benchmarks/gradients.py --quick: finite numbers, checkpointing is exact."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "gradients.py"
+from .scripts import load_script
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_gradients", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/benchmarks/gradients.py")
 
 
 def test_quick_run_writes_finite_numbers_and_exact_checkpointing(tmp_path):

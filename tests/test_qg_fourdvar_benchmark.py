@@ -1,18 +1,13 @@
 """experiments/benchmarks/qg_fourdvar.py --quick: one 40 x 20 QG 4D-Var window, timed."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "qg_fourdvar.py"
+from .scripts import load_script
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_qg_fourdvar", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/benchmarks/qg_fourdvar.py")
 
 
 def test_quick_benchmark_times_a_window_and_the_gradient(tmp_path):

@@ -1,21 +1,16 @@
 """experiments/mesh_data.py --quick: a valid index and case files that load as meshes."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 
 from hybridda.mesh import Mesh, NodeType
 
-SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "mesh_data.py"
+from ..scripts import load_script
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("mesh_data", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/mesh_data.py")
 
 
 def test_quick_generation_writes_a_valid_data_set(tmp_path):

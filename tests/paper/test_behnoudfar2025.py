@@ -1,19 +1,14 @@
 """paper/behnoudfar2025_latent_bridging.py --quick: latent DA bridging two ENSO models."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "paper" / "behnoudfar2025_latent_bridging.py"
+from ..scripts import load_script
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("behnoudfar2025_latent_bridging", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("paper/behnoudfar2025_latent_bridging.py")
 
 
 @pytest.fixture(scope="module")

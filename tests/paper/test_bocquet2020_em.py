@@ -1,20 +1,15 @@
 """paper/bocquet2020_em.py --quick: EM learns a Lorenz-63 surrogate and its model error."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "paper" / "bocquet2020_em.py"
+from ..scripts import load_script
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("bocquet2020_em", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("paper/bocquet2020_em.py")
 
 
 @pytest.fixture(scope="module")

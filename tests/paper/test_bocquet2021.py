@@ -1,20 +1,15 @@
 """paper/bocquet2021_online_enkf.py --quick: an augmented ETKF learns state and dynamics online."""
 
-import importlib.util
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "paper" / "bocquet2021_online_enkf.py"
+from ..scripts import load_script
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("bocquet2021_online_enkf", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("paper/bocquet2021_online_enkf.py")
 
 
 @pytest.fixture(scope="module")

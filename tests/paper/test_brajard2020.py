@@ -1,20 +1,15 @@
 """paper/brajard2020_l96_emulation.py --quick: DA-ML iterations learn a Lorenz-96 surrogate."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "paper" / "brajard2020_l96_emulation.py"
+from ..scripts import load_script
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("brajard2020_l96_emulation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("paper/brajard2020_l96_emulation.py")
 
 
 def test_matmul_network_is_the_bilinear_cnn():

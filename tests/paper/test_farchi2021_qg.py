@@ -1,21 +1,16 @@
 """paper/farchi2021_qg_correction.py --quick: a CNN learnt from 4D-Var analyses corrects
 the imperfect QG model, for forecasts and inside 4D-Var (20 x 10 grid, short periods)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "paper" / "farchi2021_qg_correction.py"
+from ..scripts import load_script
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("farchi2021_qg_correction", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("paper/farchi2021_qg_correction.py")
 
 
 @pytest.fixture(scope="module")

@@ -1,19 +1,14 @@
 """paper/pasmans2025_latent_etkf.py --quick: the ETKF in the latent space of a VAE (pair)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "paper" / "pasmans2025_latent_etkf.py"
+from ..scripts import load_script
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("pasmans2025_latent_etkf", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("paper/pasmans2025_latent_etkf.py")
 
 
 @pytest.fixture(scope="module")
