@@ -5,6 +5,8 @@ from .enso import RechargeOscillator as RechargeOscillator
 from .enso import euler_maruyama as euler_maruyama
 from .lorenz63 import Lorenz63 as Lorenz63
 from .lorenz96 import Lorenz96 as Lorenz96
+from .maooam import MAOOAM as MAOOAM
+from .maooam import MAOOAMParameters as MAOOAMParameters
 from .monomial import MonomialDynamics as MonomialDynamics
 from .monomial import QuadraticDynamics as QuadraticDynamics
 from .monomial import monomial_exponents as monomial_exponents
@@ -18,6 +20,8 @@ __all__ = [
     "AbstractDynamics",
     "Lorenz63",
     "Lorenz96",
+    "MAOOAM",
+    "MAOOAMParameters",
     "MonomialDynamics",
     "MultiLayerLorenz96",
     "QG",
