@@ -280,6 +280,7 @@ def assimilate_windows(
     first_cycle: int | Int[Array, ""] = 0,
     weights: WindowWeights | None = None,
     checkpoint: int | None = None,
+    store_ensembles: bool = False,
 ) -> Trajectory:
     """Cycle a window method (4D-Var, IEnKS) over `y_seq`, one `lax.scan` over windows.
 
@@ -290,8 +291,9 @@ def assimilate_windows(
     multiple of ``S``. The returned [`Trajectory`][] has one entry per window, at its
     end: `forecast_mean` is the background propagated to the window end before this
     window's observations, `analysis_mean` the window-end analysis (which has used every
-    observation up to that time, comparable to a filter's analysis). Keys: window ``j``
-    uses ``fold_in(key, first_cycle + jS)``.
+    observation up to that time, comparable to a filter's analysis); with
+    `store_ensembles`, `forecast_ensemble` and `analysis_ensemble` hold those ensembles
+    (shape ``(windows, N, n)``). Keys: window ``j`` uses ``fold_in(key, first_cycle + jS)``.
     """
     L, S = method.window, method.stride
     if init.ndim != 2 or init.shape[0] < method.min_ensemble_size:
@@ -352,6 +354,8 @@ def assimilate_windows(
             result.costs,
             result.converged,
         )
+        if store_ensembles:
+            out = out + (result.forecast, result.analysis)
         return final, out
 
     inputs = (offsets, start_times, y_windows, weights)
@@ -360,7 +364,10 @@ def assimilate_windows(
     else:
         rematerialised = jax.checkpoint(functools.partial(jax.lax.scan, step), prevent_cse=False)
         final, out = scan_in_blocks(rematerialised, init, inputs, checkpoint)
-    times, forecast_mean, analysis_mean, forecast_spread, analysis_spread, costs, converged = out
+    times, forecast_mean, analysis_mean, forecast_spread, analysis_spread, costs, converged = out[
+        :7
+    ]
+    forecast_ensemble, analysis_ensemble = out[7:] if store_ensembles else (None, None)
     return Trajectory(
         times,
         forecast_mean,
@@ -368,6 +375,8 @@ def assimilate_windows(
         forecast_spread,
         analysis_spread,
         final,
+        forecast_ensemble,
+        analysis_ensemble,
         costs=costs,
         converged=converged,
     )

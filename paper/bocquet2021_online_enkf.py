@@ -15,9 +15,15 @@ Lorenz-96 model:
   `hybridda.filters.AugmentedModel` inside `hybridda.assimilate`; or (section 4,
   ``--method letkf``) the LETKF, which analyses the state locally (Gaspari-Cohn radius
   ``--localisation-radius``) and the coefficients by the mean of their local analyses,
-  so that fewer members than the state's unstable directions suffice. Every member is
-  forecast with its own coefficients, and the analysis of the observed state updates
-  the coefficients through their forecast correlations.
+  so that fewer members than the state's unstable directions suffice; or (section 3,
+  ``--method ienkf``) the iterative EnKF: `hybridda.filters.IEnKS` with lag 1 (Sakov et
+  al. 2012's IEnKF, Gauss-Newton in ensemble space, ``--iterations``) on the augmented
+  system (`AugmentedModel`, `AugmentedObservation`) through `hybridda.assimilate_windows`:
+  each iteration re-runs every member's forecast with its updated state *and*
+  coefficients, which the one-step filters' linear update cannot do when the cycle is
+  long (``--steps-per-cycle``: RK4 steps of Δt per cycle). Every member is forecast with
+  its own coefficients, and the analysis of the observed state updates the coefficients
+  through their forecast correlations.
 
 The coefficients start from ignorance: prior mean 0 (the surrogate is then persistence)
 and std 0.5 for every coefficient. The script shows the coefficient error and the
@@ -39,6 +45,8 @@ Usage::
     python paper/bocquet2021_online_enkf.py --obs-every 2 --out runs/bocquet2021_half
     python paper/bocquet2021_online_enkf.py --method letkf --ensemble-size 10 \
         --out runs/bocquet2021_letkf                      # the local EnKF (section 4)
+    python paper/bocquet2021_online_enkf.py --method ienkf --steps-per-cycle 3 \
+        --out runs/bocquet2021_ienkf                      # iterative EnKF, Δt = 0.15
 """
 
 import os
@@ -68,14 +76,16 @@ from hybridda.filters import (  # noqa: E402
     ETKF,
     LETKF,
     AugmentedModel,
+    AugmentedObservation,
     EnKFN,
+    IEnKS,
     Localisation,
     ParameterAugmentation,
     multiplicative,
 )
 from hybridda.observe import GaussianError, every_kth  # noqa: E402
 
-METHODS = ("etkf", "enkf-n", "letkf")
+METHODS = ("etkf", "enkf-n", "letkf", "ienkf")
 PRIORS = ("constant", "perturbed-truth")
 
 
@@ -86,12 +96,14 @@ class Config:
     n: int = 40
     forcing: float = 8.0
     dt: float = 0.05
+    steps_per_cycle: int = 1
     obs_std: float = 1.0
     obs_every: int = 1
     radius: int = 2
     method: str = "etkf"
     localisation_radius: float = 4.0
     parameter_update: str = "mean"
+    iterations: int = 5
     ensemble_size: int = 40
     inflation: float = 1.02
     parameter_inflation: float = 1.0
@@ -121,6 +133,16 @@ class Config:
             raise ValueError(
                 f"`--localisation-radius` must be > 0, got {self.localisation_radius}."
             )
+        if self.steps_per_cycle < 1 or self.iterations < 1:
+            raise ValueError(
+                f"`--steps-per-cycle` and `--iterations` must be >= 1, got "
+                f"{self.steps_per_cycle} and {self.iterations}."
+            )
+        if self.method == "ienkf" and (self.parameter_inflation != 1 or self.parameter_noise_std):
+            raise ValueError(
+                "`--method ienkf` inflates the whole augmented ensemble (`--inflation`); "
+                "`--parameter-inflation` and `--parameter-noise-std` are for the filters."
+            )
         if self.ensemble_size < 2:
             raise ValueError(f"`--ensemble-size` must be >= 2, got {self.ensemble_size}.")
         if not self.prior_std > 0:
@@ -140,6 +162,14 @@ class Config:
             )
         if not 1 <= self.obs_every <= self.n:
             raise ValueError(f"`--obs-every` must be in [1, n={self.n}], got {self.obs_every}.")
+
+    @property
+    def cycle_length(self) -> float:
+        """Model time between two analyses: `steps_per_cycle` RK4 steps of `dt`."""
+        return self.dt * self.steps_per_cycle
+
+    def resolvent(self, dynamics) -> hybridda.Resolvent:
+        return hybridda.Resolvent(dynamics, self.dt, steps_per_cycle=self.steps_per_cycle)
 
 
 QUICK = {
@@ -163,8 +193,13 @@ def parse_args(argv):
     parser.add_argument(
         "--method",
         choices=METHODS,
-        help="global ETKF (default), EnKF-N, or the LETKF (section 4: local state analyses, "
-        "coefficients by the mean of their local analyses)",
+        help="global ETKF (default), EnKF-N, the LETKF (section 4: local state analyses, "
+        "coefficients by the mean of their local analyses) or the iterative EnKF (IEnKS "
+        "with lag 1 on the augmented system)",
+    )
+    parser.add_argument("--iterations", type=int, help="IEnKF Gauss-Newton iterations (5)")
+    parser.add_argument(
+        "--steps-per-cycle", type=int, help="RK4 steps of dt = 0.05 between analyses (1)"
     )
     parser.add_argument(
         "--localisation-radius", type=float, help="LETKF localisation radius (grid units, 4)"
@@ -200,7 +235,10 @@ def parse_args(argv):
 
 
 def build_filter(config: Config, observation):
+    """The filter of `config` (for ``ienkf``: the window method, lag 1)."""
     inflation = multiplicative(config.inflation)
+    if config.method == "ienkf":
+        return IEnKS(window=1, iterations=config.iterations, inflation=inflation)
     if config.method == "letkf":
         localisation = Localisation(config.localisation_radius)
         return LETKF(localisation, inflation, localisation.local_domains(observation))
@@ -224,6 +262,8 @@ def main(argv=None) -> dict | None:
         "prior_mean",
         "prior_std",
         "obs_every",
+        "iterations",
+        "steps_per_cycle",
     ):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
@@ -238,7 +278,7 @@ def main(argv=None) -> dict | None:
     k_start, k_obs, k_state, k_parameters, k_da, k_lyapunov, k_prior = jax.random.split(
         jax.random.key(config.seed), 7
     )
-    truth_model = hybridda.Resolvent(Lorenz96(n=config.n, forcing=config.forcing), config.dt)
+    truth_model = config.resolvent(Lorenz96(n=config.n, forcing=config.forcing))
     observation = every_kth(config.n, config.obs_every, GaussianError(config.obs_std))
 
     @eqx.filter_jit
@@ -262,16 +302,16 @@ def main(argv=None) -> dict | None:
     else:
         prior_mean = true_coefficients + config.prior_std * jax.random.normal(k_prior, (q,))
     surrogate = MonomialDynamics(config.n, prior_mean, config.radius)
-    model = AugmentedModel(
-        hybridda.Resolvent(surrogate, config.dt), where=lambda m: m.dynamics.coefficients
-    )
-    noise = config.parameter_noise_std or None
-    method = ParameterAugmentation(
-        build_filter(config, observation),
-        parameter_inflation=multiplicative(config.parameter_inflation),
-        parameter_noise_std=noise,
-        local_parameter_update=config.parameter_update,
-    )
+    model = AugmentedModel(config.resolvent(surrogate), where=lambda m: m.dynamics.coefficients)
+    if config.method == "ienkf":
+        method = build_filter(config, observation)
+    else:
+        method = ParameterAugmentation(
+            build_filter(config, observation),
+            parameter_inflation=multiplicative(config.parameter_inflation),
+            parameter_noise_std=config.parameter_noise_std or None,
+            local_parameter_update=config.parameter_update,
+        )
     state_ensemble = hybridda.initial_ensemble(
         k_state, x0, config.ensemble_size, config.initial_spread
     )
@@ -290,14 +330,14 @@ def main(argv=None) -> dict | None:
 
     @eqx.filter_jit
     def run_chunk(Z, y_chunk, first_cycle):
-        trajectory = hybridda.assimilate(
+        trajectory = run_filter(
+            config,
             model,
             observation,
             method,
             y_chunk,
             Z,
             k_da,
-            t0=first_cycle * config.dt,
             first_cycle=first_cycle,
             store_ensembles=True,
         )
@@ -393,6 +433,20 @@ def main(argv=None) -> dict | None:
     return results
 
 
+def run_filter(config, model, observation, method, y, init, key, first_cycle=0, **options):
+    """`hybridda.assimilate`, or `assimilate_windows` for the IEnKF (augmented operator)."""
+    t0 = first_cycle * config.cycle_length
+    if config.method != "ienkf":
+        return hybridda.assimilate(
+            model, observation, method, y, init, key, t0=t0, first_cycle=first_cycle, **options
+        )
+    if isinstance(model, AugmentedModel):
+        observation = AugmentedObservation(observation, model.parameter_size)
+    return hybridda.assimilate_windows(
+        model, observation, method, y, init, key, t0=t0, first_cycle=first_cycle, **options
+    )
+
+
 def _rms(values, axis=-1):
     return jnp.sqrt(jnp.mean(values**2, axis=axis))
 
@@ -423,8 +477,8 @@ def _diagnostics(
     prior_error = float(_rms(prior_mean - true_coefficients))
 
     # The same filter with the true model, on the same observations and initial states.
-    reference = eqx.filter_jit(hybridda.assimilate)(
-        truth_model, observation, build_filter(config, observation), y, state_ensemble, k_da
+    reference = eqx.filter_jit(run_filter)(
+        config, truth_model, observation, build_filter(config, observation), y, state_ensemble, k_da
     )
     rmse_reference = metrics.rmse(truth, reference.analysis_mean)
 
@@ -471,7 +525,7 @@ def _diagnostics(
     )
     valid = {}
     for name, normalised_rmse in forecasts.items():
-        times = metrics.valid_time(normalised_rmse, config.dt, exponent_true)
+        times = metrics.valid_time(normalised_rmse, config.cycle_length, exponent_true)
         valid[name] = {
             "model_time": float(times.model_time),
             "lyapunov_time": float(times.lyapunov_time),
@@ -519,7 +573,7 @@ def _write_netcdf(path, config, state, model, truth, y):
 
     states_f, _ = model.split(state["forecast_mean"])
     states_a, parameters = model.split(state["analysis_mean"])
-    times = (jnp.arange(config.cycles) + 1) * config.dt
+    times = (jnp.arange(config.cycles) + 1) * config.cycle_length
     trajectory = hybridda.Trajectory(
         times,
         states_f,
@@ -579,7 +633,8 @@ def _figure(path, config, results, series):
     ax.set_title("the non-zero coefficients (dotted: truth)")
 
     ax = axes[1, 1]
-    leads = np.arange(config.forecast_leads + 1) * config.dt * results["lyapunov_exponent_true"]
+    leads = np.arange(config.forecast_leads + 1) * config.cycle_length
+    leads = leads * results["lyapunov_exponent_true"]
     for name, values in results["valid_time"].items():
         ax.plot(leads, values["normalised_rmse"], label=name.replace("_", " "))
     ax.axhline(0.5, color="k", linestyle="--", linewidth=1, label="threshold")
