@@ -5,7 +5,9 @@ from ._base import EnsembleInnovations as EnsembleInnovations
 from ._base import ensemble_innovations as ensemble_innovations
 from .augmented import AugmentedModel as AugmentedModel
 from .augmented import AugmentedObservation as AugmentedObservation
+from .augmented import LocalParameters as LocalParameters
 from .augmented import ParameterAugmentation as ParameterAugmentation
+from .domain_covariance import DomainCovarianceEnKF as DomainCovarianceEnKF
 from .enkf import EnKF as EnKF
 from .enkf_n import EnKFN as EnKFN
 from .enks import SmootherOutput as SmootherOutput
@@ -35,6 +37,7 @@ __all__ = [
     "AbstractTaper",
     "AugmentedModel",
     "AugmentedObservation",
+    "DomainCovarianceEnKF",
     "EnKF",
     "EnKFN",
     "ETKF",
@@ -43,6 +46,7 @@ __all__ = [
     "GaspariCohn",
     "Gaussian",
     "LETKF",
+    "LocalParameters",
     "LocalDomains",
     "Localisation",
     "Multiplicative",

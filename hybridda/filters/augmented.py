@@ -15,6 +15,11 @@ parameters online inside [`hybridda.assimilate`][], with no change to the cyclin
   the state is analysed locally and the global parameters globally (section 4). Around it, separate
   inflations of the state and parameter blocks and an optional random walk of the
   parameters (a parameter model error).
+- [`LocalParameters`][] says where *local* parameters sit (a forcing ``F_i`` per grid
+  point, Malartic et al. 2022): a localised filter (LETKF, EnKF with covariance
+  localisation, [`hybridda.filters.DomainCovarianceEnKF`][]) then updates each like an
+  extra state variable at its position. ``θ = [θ_local; θ_global]``: the local
+  parameters (`AugmentedModel`'s `local_where`) come first.
 
 Typical use::
 
@@ -24,10 +29,12 @@ Typical use::
     trajectory = assimilate(model, observation, method, y, init, key)
     state_mean, parameter_mean = model.split(trajectory.analysis_mean)
 
-!!! cite "Reference"
+!!! cite "References"
     Bocquet, Farchi and Malartic (2021), Online learning of both state and dynamics
     using ensemble Kalman filters, *Found. Data Sci.* 3, 305-330, sections 3 (global
-    EnKF on the augmented state) and 4 (local EnKF).
+    EnKF on the augmented state) and 4 (local EnKF). Malartic, Farchi and Bocquet
+    (2022), State, global, and local parameter estimation using local ensemble Kalman
+    filters, *Q. J. R. Meteorol. Soc.* 148, 2167-2193 (local parameters).
 """
 
 from collections.abc import Callable
@@ -36,22 +43,71 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from .._checks import concrete, require_positive
 from .._method import AbstractAnalysisMethod
-from .._parameters import check_learnt, partition_learnt, with_learnt
+from .._parameters import check_learnt, learnt_filter_spec, partition_learnt, with_learnt
 from ..cycle import EnsembleModel
 from ..observe import AbstractObservation, AbstractObservationError
 from ._base import AbstractEnsembleFilter, ensemble_innovations
 from ._util import ensemble_transform
-from .enkf import EnKF
+from .domain_covariance import DomainCovarianceEnKF, domain_covariance_update
+from .enkf import EnKF, perturbed_observations_update
 from .inflation import AbstractInflation, NoInflation
-from .letkf import LETKF, apply_local_transforms
+from .letkf import LETKF, apply_local_transforms, tapered_transforms
+from .localisation import Localisation
 
 
 def _optional_float_array(value):
     return None if value is None else jnp.asarray(value, dtype=float)
+
+
+class LocalParameters(eqx.Module):
+    """Where the local parameters of an augmented state ``[x; θ_local; θ_global]`` sit.
+
+    Local parameters (Malartic, Farchi and Bocquet 2022) are attached to positions of
+    the domain, e.g. the forcing ``F_i`` of grid point ``i``: a localised filter treats
+    each as an extra state variable at its position (the LETKF updates it with the
+    local transform of its own domain; the EnKF tapers its covariances with the
+    observations by distance). Build it with [`AugmentedModel.local_parameters`][],
+    which checks the count against the model, and pass it to
+    [`ParameterAugmentation`][]'s `local_parameters`.
+
+    **Arguments:**
+
+    - `size`: the number ``q_l`` ≥ 1 of local parameters, the first ``q_l`` entries of
+      ``θ`` (static).
+    - `coordinates`: the position of each, shape ``(q_l,)`` or ``(q_l, d)``, in the
+      geometry of the filter's [`hybridda.filters.Localisation`][] (its
+      `coordinates`, default ``0, 1, ..., n-1``). ``None`` (default): the same
+      positions as the state variables, parameter ``j`` at variable ``j``
+      (``q_l = n``), e.g. one forcing per variable.
+    """
+
+    size: int = eqx.field(static=True)
+    coordinates: Float[Array, " q_l"] | Float[Array, "q_l d"] | None = eqx.field(
+        default=None, converter=_optional_float_array
+    )
+
+    def __check_init__(self):
+        q = self.size
+        if isinstance(q, bool) or not isinstance(q, int | np.integer) or q < 1:
+            raise ValueError(f"`size` (number of local parameters) must be an int >= 1, got {q!r}.")
+        if self.coordinates is not None and (
+            self.coordinates.ndim not in (1, 2) or self.coordinates.shape[0] != q
+        ):
+            raise ValueError(
+                f"Local-parameter `coordinates` must have shape ({q},) or ({q}, d), one "
+                f"position per local parameter, got {self.coordinates.shape}."
+            )
+
+    def tapers(self, localisation: Localisation, observation: AbstractObservation):
+        """``(q_l, p)``: the taper between each local parameter and each observation."""
+        if self.coordinates is None:
+            return localisation.state_to_obs(observation)
+        return localisation.points_to_obs(self.coordinates, observation)
 
 
 class AugmentedModel(eqx.Module):
@@ -74,10 +130,15 @@ class AugmentedModel(eqx.Module):
       ``lambda m: m.dynamics.coefficients`` or a tuple of nodes; every floating-point
       array below the selected nodes is learnt. ``None`` (default): every floating-point
       array leaf of `model`.
+    - `local_where`: selects which of the learnt leaves are *local* parameters (e.g.
+      ``lambda m: m.dynamics.forcing`` for one forcing per grid point); they come first
+      in ``θ = [θ_local; θ_global]``, and [`local_parameters`][] says where they sit.
+      ``None`` (default): every learnt parameter is global.
     """
 
     model: EnsembleModel
     where: Callable[[PyTree], PyTree] | None = eqx.field(static=True, default=None)
+    local_where: Callable[[PyTree], PyTree] | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         if not isinstance(self.model, EnsembleModel):
@@ -86,9 +147,80 @@ class AugmentedModel(eqx.Module):
                 f"`__call__`, e.g. a hybridda.Resolvent), got {type(self.model).__name__}."
             )
         check_learnt(self.model, self.where)
+        if self.local_where is not None:
+            check_learnt(self.model, self.local_where)
+            learnt = jax.tree.leaves(learnt_filter_spec(self.model, self.where))
+            local = jax.tree.leaves(learnt_filter_spec(self.model, self.local_where))
+            pairs = zip(local, learnt, strict=True)
+            if any(is_local and not is_learnt for is_local, is_learnt in pairs):
+                raise ValueError(
+                    "`local_where` must select leaves that `where` selects (the local "
+                    "parameters are part of the learnt ones)."
+                )
+
+    def _specs(self):
+        """``(local, global)`` filter specs of the learnt leaves (``local`` None: none)."""
+        learnt = learnt_filter_spec(self.model, self.where)
+        if self.local_where is None:
+            return None, learnt
+        local = learnt_filter_spec(self.model, self.local_where)
+        return local, jax.tree.map(lambda a, b: a and not b, learnt, local)
 
     def _partition(self):
-        return partition_learnt(self.model, self.where)
+        """``(θ, unravel, rest)`` with ``θ = [θ_local; θ_global]``."""
+        local_spec, global_spec = self._specs()
+        if local_spec is None:
+            return partition_learnt(self.model, self.where)
+        theta_local, unravel_local = ravel_pytree(eqx.filter(self.model, local_spec))
+        theta_global, unravel_global = ravel_pytree(eqx.filter(self.model, global_spec))
+        rest_spec = jax.tree.map(lambda a, b: not (a or b), local_spec, global_spec)
+        rest = eqx.filter(self.model, rest_spec)
+        q_local = theta_local.shape[0]
+
+        def unravel(theta):
+            return eqx.combine(unravel_local(theta[:q_local]), unravel_global(theta[q_local:]))
+
+        return jnp.concatenate([theta_local, theta_global]), unravel, rest
+
+    @property
+    def local_parameter_size(self) -> int:
+        """Number ``q_l`` of local parameters (the first entries of ``θ``; 0 if none)."""
+        local_spec, _ = self._specs()
+        if local_spec is None:
+            return 0
+        return ravel_pytree(eqx.filter(self.model, local_spec))[0].shape[0]
+
+    def local_parameters(self, coordinates=None) -> LocalParameters:
+        """The [`LocalParameters`][] of this model, for [`ParameterAugmentation`][].
+
+        **Arguments:**
+
+        - `coordinates`: the position of each local parameter, shape ``(q_l,)`` or
+          ``(q_l, d)`` in the geometry of the filter's localisation; ``None``: the
+          local parameters sit at the state variables (``q_l = n``).
+        """
+        q = self.local_parameter_size
+        if q == 0:
+            raise ValueError(
+                "The model has no local parameters: select them with `local_where` "
+                "(e.g. local_where=lambda m: m.dynamics.forcing)."
+            )
+        if coordinates is None:
+            n = self.state_size
+            if n is not None and n != q:
+                raise ValueError(
+                    f"Local parameters without `coordinates` sit at the state variables, so "
+                    f"there must be n = {n} of them, but the model has {q}: give their "
+                    "`coordinates`."
+                )
+            return LocalParameters(q)
+        coordinates = jnp.asarray(coordinates, dtype=float)
+        if coordinates.ndim not in (1, 2) or coordinates.shape[0] != q:
+            raise ValueError(
+                f"Local-parameter `coordinates` must have shape ({q},) or ({q}, d), one "
+                f"position per local parameter of the model, got {coordinates.shape}."
+            )
+        return LocalParameters(q, coordinates)
 
     @property
     def cycle_length(self) -> float:
@@ -111,7 +243,10 @@ class AugmentedModel(eqx.Module):
 
     def with_parameters(self, theta: Float[Array, " q"]) -> EnsembleModel:
         """`model` with its learnt leaves replaced by those of the vector `theta`."""
-        return with_learnt(self.model, self.where, theta)
+        if self.local_where is None:
+            return with_learnt(self.model, self.where, theta)
+        _, unravel, rest = self._partition()
+        return eqx.combine(unravel(theta), rest)
 
     def split(
         self, Z: Float[Array, "*batch augmented"]
@@ -273,27 +408,52 @@ class ParameterAugmentation(AbstractAnalysisMethod):
     **Arguments:**
 
     - `filter`: a global [`hybridda.filters.AbstractEnsembleFilter`][] (ETKF, EnKF
-      without localisation, EnKF-N), or the [`hybridda.filters.LETKF`][]: then the
-      state is updated by the local analyses and the global parameters as
-      `local_parameter_update` says (Bocquet, Farchi and Malartic 2021, section 4;
-      with the LETKF's `domains` a cycle costs ``O(n)``). An EnKF with covariance
-      localisation is rejected.
+      without localisation, EnKF-N), or a localised one:
+
+        - the [`hybridda.filters.LETKF`][]: the state is updated by the local analyses,
+          the global parameters as `local_parameter_update` says (Bocquet, Farchi and
+          Malartic 2021, section 4; with the LETKF's `domains` a cycle costs ``O(n)``)
+          and each local parameter by the local analysis of its own domain (centred
+          at its position);
+        - the [`hybridda.filters.EnKF`][] with covariance localisation: the
+          state-observation covariances are tapered by the filter's localisation,
+          those of the local parameters by the distance from their positions, and
+          those of the global parameters by the mean of the state variables' tapers
+          with each observation (`local_parameter_update` ``"mean"``: the mean of
+          the increments the parameter would get at each state variable's position,
+          the counterpart of the LETKF's rule) or not at all (``"global"``: the
+          global EnKF's update, noisy with few members: on Lorenz-96 with N = 20 it
+          made the learnt dynamics blow up);
+        - the [`hybridda.filters.DomainCovarianceEnKF`][]: the state and the local
+          parameters by their domains (with covariance localisation inside), the
+          global parameters by the mean of their increments over the state's
+          domains, without covariance taper.
+
+      Local parameters (Malartic, Farchi and Bocquet 2022) are thus analysed exactly
+      like extra state variables at their positions.
     - `parameter_inflation`: an inflation of the parameter block (e.g.
       ``Multiplicative(1.01)``, ``RTPS(0.5)``); default none.
     - `state_inflation`: an inflation of the state block only; default none.
     - `parameter_noise_std`: ``σ`` ≥ 0, a scalar or one per parameter; ``None``
       (default) for no random walk.
-    - `local_parameter_update` (LETKF only): ``"mean"`` (default) gives ``θ`` the mean
-      of its local analyses, one per local domain (the mean of the local weights and
-      transforms applied to the parameter anomalies), so each observation acts on
-      ``θ`` with its local taper; ``"global"`` the global ETKF analysis with every
-      observation, the exact marginal of the joint analysis for a linear-Gaussian
-      system but, with ``N`` much smaller than the number of observed degrees of
-      freedom, a collapse of the parameter spread (measured on Lorenz-96, n = 40, 20
-      observations, N = 10: F stuck at 7.07 against 8; ``"mean"`` reaches 8.01).
+    - `local_parameter_update` (the rule for the global parameters; LETKF and EnKF
+      with covariance localisation):
+      ``"mean"`` (default) gives ``θ`` the mean of its local analyses, one per local
+      domain (the mean of the local weights and transforms applied to the parameter
+      anomalies), so each observation acts on ``θ`` with its local taper; ``"global"``
+      the global ETKF analysis with every observation, the exact marginal of the joint
+      analysis for a linear-Gaussian system but, with ``N`` much smaller than the
+      number of observed degrees of freedom, a collapse of the parameter spread
+      (measured on Lorenz-96, n = 40, 20 observations, N = 10: F stuck at 7.07
+      against 8; ``"mean"`` reaches 8.01).
+    - `local_parameters`: where the local parameters sit, from
+      [`AugmentedModel.local_parameters`][] (the first ``q_l`` entries of ``θ``);
+      ``None`` (default): every parameter is global. Global filters (ETKF, EnKF-N,
+      EnKF without localisation) update every parameter alike and ignore it.
 
-    !!! cite "Reference"
+    !!! cite "References"
         Bocquet, Farchi and Malartic (2021), *Found. Data Sci.* 3, 305-330, sections 3-4.
+        Malartic, Farchi and Bocquet (2022), *Q. J. R. Meteorol. Soc.* 148, 2167-2193.
     """
 
     filter: AbstractEnsembleFilter
@@ -303,6 +463,7 @@ class ParameterAugmentation(AbstractAnalysisMethod):
         default=None, converter=_optional_float_array
     )
     local_parameter_update: str = eqx.field(static=True, default="mean")
+    local_parameters: LocalParameters | None = None
 
     def __check_init__(self):
         if not isinstance(self.filter, AbstractEnsembleFilter):
@@ -315,12 +476,17 @@ class ParameterAugmentation(AbstractAnalysisMethod):
                 "`local_parameter_update` must be 'mean' (mean of the local analyses of "
                 f"the parameters) or 'global', got {self.local_parameter_update!r}."
             )
-        if isinstance(self.filter, EnKF) and self.filter.localisation is not None:
+        if isinstance(self.filter, DomainCovarianceEnKF) and self.local_parameter_update != "mean":
             raise ValueError(
-                "EnKF with covariance localisation cannot update global parameters here "
-                "(the state-parameter cross-covariances would need their own taper): use "
-                "the LETKF (local domains; global parameters get the global update) or a "
-                "global filter (ETKF, EnKF without localisation, EnKFN)."
+                "`local_parameter_update` must be 'mean' with the DomainCovarianceEnKF (its "
+                "global parameters get the mean of their increments over the domains)."
+            )
+        if self.local_parameters is not None and not isinstance(
+            self.local_parameters, LocalParameters
+        ):
+            raise ValueError(
+                "`local_parameters` must be a LocalParameters (from AugmentedModel."
+                f"local_parameters(...)), got {type(self.local_parameters).__name__}."
             )
         std = self.parameter_noise_std
         if std is not None:
@@ -375,6 +541,17 @@ class ParameterAugmentation(AbstractAnalysisMethod):
                 "anomalies and covariances need at least two members."
             )
         q = E.shape[1] - n
+        local = self.local_parameters
+        if local is not None and local.size > q:
+            raise ValueError(
+                f"`local_parameters` has {local.size} local parameters but the augmented "
+                f"ensemble has only {q} parameters."
+            )
+        if local is not None and local.coordinates is None and local.size != n:
+            raise ValueError(
+                f"Local parameters without `coordinates` sit at the state variables, so there "
+                f"must be n = {n} of them, got {local.size}: give their `coordinates`."
+            )
         X, Theta = E[:, :n], E[:, n:]
         std = self.parameter_noise_std
         if std is not None:
@@ -391,6 +568,10 @@ class ParameterAugmentation(AbstractAnalysisMethod):
         Z_prior = jnp.concatenate([X_prior, Theta_prior], axis=1)
         if isinstance(self.filter, LETKF):
             Z = self._local_analysis(Z_prior, y, observation, key)
+        elif isinstance(self.filter, DomainCovarianceEnKF) or (
+            isinstance(self.filter, EnKF) and self.filter.localisation is not None
+        ):
+            Z = self._covariance_localised_analysis(Z_prior, y, observation, key)
         else:
             Z = self.filter.analysis(Z_prior, y, AugmentedObservation(observation, q), key)
         X_analysis = self.state_inflation.posterior(X_prior, Z[:, :n])
@@ -413,6 +594,23 @@ class ParameterAugmentation(AbstractAnalysisMethod):
         # One set of local transforms serves the state and (by default) the parameters.
         local_weights, local_T = letkf.local_transforms(S, d, observation)
         X_analysis = apply_local_transforms(stats.mean, stats.anomalies, local_weights, local_T)
+        q_local = 0 if self.local_parameters is None else self.local_parameters.size
+        if q_local:  # each local parameter: the local analysis of its own domain
+            if self.local_parameters.coordinates is None:
+                weights, T = local_weights, local_T  # the domains of the state variables
+            else:
+                taper = self.local_parameters.tapers(letkf.localisation, observation)
+                weights, T = tapered_transforms(S, d, taper)
+            Theta_local = Theta[:, :q_local]
+            mean = Theta_local.mean(axis=0)
+            X_analysis = jnp.concatenate(
+                [
+                    X_analysis,
+                    apply_local_transforms(mean, Theta_local - mean[None, :], weights, T),
+                ],
+                axis=1,
+            )
+            Theta = Theta[:, q_local:]
         N1 = Z.shape[0] - 1
         if self.local_parameter_update == "global":
             C = S @ S.T + N1 * jnp.eye(Z.shape[0], dtype=Z.dtype)
@@ -423,3 +621,49 @@ class ParameterAugmentation(AbstractAnalysisMethod):
         Theta_analysis = mean[None, :] + (weights[None, :] + T) @ (Theta - mean[None, :])
         Z_analysis = jnp.concatenate([X_analysis, Theta_analysis], axis=1)
         return letkf.inflation.posterior(Z_prior, Z_analysis)
+
+    def _covariance_localised_analysis(self, Z, y, observation, key):
+        """The EnKF with covariance localisation, or the DomainCovarianceEnKF, on
+        ``[x; θ_local; θ_global]``: a local parameter is tapered like a state variable
+        at its position, a global parameter by the mean of the state variables' tapers
+        (the increment is then the mean of the increments it would get at each state
+        variable's position), or not at all (EnKF, ``local_parameter_update="global"``)."""
+        enkf = self.filter
+        n, q = observation.state_size, Z.shape[1] - observation.state_size
+        lifted = AugmentedObservation(observation, q)
+        y = enkf._checked(Z, y, lifted)
+        Z_prior = enkf.inflation.prior(Z)
+        stats = ensemble_innovations(Z_prior, y, lifted)
+        local = self.local_parameters
+
+        def rows(localisation):  # tapers of the state and the local parameters
+            taper = localisation.state_to_obs(observation)
+            if local is None:
+                return taper
+            return jnp.concatenate([taper, local.tapers(localisation, observation)], axis=0)
+
+        if isinstance(enkf, DomainCovarianceEnKF):
+            Z_analysis = domain_covariance_update(
+                Z_prior,
+                stats,
+                key,
+                domain_taper=rows(enkf.domain),
+                covariance_taper=rows(enkf.covariance),
+                obs_to_obs=enkf.covariance.obs_to_obs(observation),
+                averaged_domains=n,
+            )
+        else:
+            taper = rows(enkf.localisation)
+            if self.local_parameter_update == "mean":  # the mean of the state's rows
+                row = taper[:n].mean(axis=0, keepdims=True)
+            else:  # untapered
+                row = jnp.ones((1, taper.shape[1]), taper.dtype)
+            rows_global = jnp.broadcast_to(row, (Z.shape[1] - taper.shape[0], row.shape[1]))
+            Z_analysis = perturbed_observations_update(
+                Z_prior,
+                stats,
+                key,
+                state_to_obs=jnp.concatenate([taper, rows_global], axis=0),
+                obs_to_obs=enkf.localisation.obs_to_obs(observation),
+            )
+        return enkf.inflation.posterior(Z_prior, Z_analysis)

@@ -60,27 +60,36 @@ class LETKF(AbstractEnsembleFilter):
     ) -> tuple[Float[Array, "n N"], Float[Array, "n N N"]]:
         """Mean weights ``w_i`` and transforms ``T_i`` of every local analysis, from the
         whitened observation anomalies `S` and innovation `d`."""
+        if self.domains is None:
+            return tapered_transforms(S, d, self.localisation.state_to_obs(observation))
+        domains = self.domains
+        if (domains.state_size, domains.obs_size) != (observation.state_size, S.shape[1]):
+            raise ValueError(
+                f"The LETKF's `domains` were built for {domains.state_size} state "
+                f"variables and {domains.obs_size} observations, but this analysis has "
+                f"{observation.state_size} and {S.shape[1]}: rebuild them with "
+                "localisation.local_domains(observation)."
+            )
         N1 = S.shape[0] - 1
         eye = jnp.eye(S.shape[0], dtype=S.dtype)[None]
-        if self.domains is None:
-            rho = self.localisation.state_to_obs(observation)  # (n, p) taper of R⁻¹
-            # Local C_i = S diag(ρ_i) Sᵀ + (N-1) I for every state variable i: (n, N, N).
-            C = jnp.einsum("ap,ip,bp->iab", S, rho, S) + N1 * eye
-            projected = (rho * d[None, :]) @ S.T  # (n, N): S diag(ρ_i) d
-        else:
-            domains = self.domains
-            if (domains.state_size, domains.obs_size) != (observation.state_size, S.shape[1]):
-                raise ValueError(
-                    f"The LETKF's `domains` were built for {domains.state_size} state "
-                    f"variables and {domains.obs_size} observations, but this analysis has "
-                    f"{observation.state_size} and {S.shape[1]}: rebuild them with "
-                    "localisation.local_domains(observation)."
-                )
-            local_S = S[:, domains.indices]  # (N, n, k): the k observations of domain i
-            rho = domains.taper
-            C = jnp.einsum("aik,ik,bik->iab", local_S, rho, local_S) + N1 * eye
-            projected = jnp.einsum("ik,aik->ia", rho * d[domains.indices], local_S)
+        local_S = S[:, domains.indices]  # (N, n, k): the k observations of domain i
+        rho = domains.taper
+        C = jnp.einsum("aik,ik,bik->iab", local_S, rho, local_S) + N1 * eye
+        projected = jnp.einsum("ik,aik->ia", rho * d[domains.indices], local_S)
         return ensemble_transform(C, projected, N1)  # (n, N), (n, N, N)
+
+
+def tapered_transforms(
+    S: Float[Array, "N p"], d: Float[Array, " p"], taper: Float[Array, "m p"]
+) -> tuple[Float[Array, "m N"], Float[Array, "m N N"]]:
+    """Weights and transforms of ``m`` local analyses, the ``j``-th with ``R⁻¹`` tapered by
+    row ``j`` of `taper` (every observation; e.g. the domains of local parameters)."""
+    N1 = S.shape[0] - 1
+    eye = jnp.eye(S.shape[0], dtype=S.dtype)[None]
+    # Local C_j = S diag(ρ_j) Sᵀ + (N-1) I for every domain j: (m, N, N).
+    C = jnp.einsum("ap,jp,bp->jab", S, taper, S) + N1 * eye
+    projected = (taper * d[None, :]) @ S.T  # (m, N): S diag(ρ_j) d
+    return ensemble_transform(C, projected, N1)
 
 
 def apply_local_transforms(

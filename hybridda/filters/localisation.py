@@ -108,6 +108,15 @@ def periodic_distance(
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
 
 
+def _as_axes(value):
+    # A static field, so a (hashable) tuple of ints; one int is one axis.
+    if value is None:
+        return None
+    if isinstance(value, int | np.integer):
+        return (int(value),)
+    return tuple(int(axis) for axis in value)
+
+
 def _as_domain_length(value):
     # Floats, and one float per axis as a tuple: the field is static, so hashable.
     if value is None:
@@ -133,6 +142,11 @@ class Localisation(eqx.Module):
       ``Localisation(radius, coordinates=model.grid_coordinates(),
       domain_length=(L_x, math.inf))``. Distances are then Euclidean.
 
+    - `axes`: for ``(n, d)`` coordinates, measure distances along these axes only
+      (static); e.g. with ``MultiLayerLorenz96.coordinates()`` (horizontal, layer),
+      ``axes=(0,)`` is the horizontal distance and ``axes=(1,)`` the vertical one, the
+      two localisations of [`hybridda.filters.DomainCovarianceEnKF`][]. Default: all axes.
+
     The observation operator's `locations` must have the same dimension as the
     coordinates.
     """
@@ -143,6 +157,7 @@ class Localisation(eqx.Module):
     domain_length: float | tuple[float, ...] | None = eqx.field(
         static=True, default=None, converter=_as_domain_length
     )
+    axes: tuple[int, ...] | None = eqx.field(static=True, default=None, converter=_as_axes)
 
     def __check_init__(self):
         if not (isinstance(self.radius, int | float) and self.radius > 0):
@@ -175,6 +190,20 @@ class Localisation(eqx.Module):
                 f"Every period in `domain_length` must be > 0 (inf: not periodic), got "
                 f"{self.domain_length}."
             )
+        if self.axes is not None:
+            if dimensions != 2 or not self.axes:
+                raise ValueError(
+                    f"`axes` {self.axes} selects coordinate axes: it needs `coordinates` of "
+                    "shape (n, d) and at least one axis."
+                )
+            axes = self.coordinates.shape[1]
+            if len(set(self.axes)) != len(self.axes) or not all(
+                0 <= axis < axes for axis in self.axes
+            ):
+                raise ValueError(
+                    f"`axes` must be distinct axes in [0, {axes}) of the coordinates, got "
+                    f"{self.axes}."
+                )
 
     def _geometry(self, state_size: int):
         coordinates = (
@@ -201,7 +230,11 @@ class Localisation(eqx.Module):
             )
         return coordinates, where, period
 
-    def _taper(self, distance):
+    def _taper(self, a, b, period):
+        if self.axes is not None:  # the distance along the selected axes only
+            a, b = a[:, list(self.axes)], b[:, list(self.axes)]
+            period = tuple(period[axis] for axis in self.axes)
+        distance = periodic_distance(a, b, period)
         if math.isinf(self.radius):
             return jnp.ones_like(distance)
         return self.taper(distance, self.radius)
@@ -209,12 +242,27 @@ class Localisation(eqx.Module):
     def state_to_obs(self, observation: AbstractObservation) -> Float[Array, "n p"]:
         """Taper between every state variable and every observation."""
         coordinates, where, period = self._locations(observation)
-        return self._taper(periodic_distance(coordinates, where, period))
+        return self._taper(coordinates, where, period)
+
+    def points_to_obs(
+        self,
+        points: Float[Array, " m"] | Float[Array, "m d"],
+        observation: AbstractObservation,
+    ) -> Float[Array, "m p"]:
+        """Taper between arbitrary `points` (in the geometry of the state's
+        `coordinates`, e.g. the positions of local parameters) and every observation."""
+        coordinates, where, period = self._locations(observation)
+        if points.shape[1:] != coordinates.shape[1:]:
+            raise ValueError(
+                f"`points` of shape {points.shape} must have the dimension of the "
+                f"Localisation `coordinates` {coordinates.shape}."
+            )
+        return self._taper(points, where, period)
 
     def obs_to_obs(self, observation: AbstractObservation) -> Float[Array, "p p"]:
         """Taper between pairs of observations."""
         _, where, period = self._locations(observation)
-        return self._taper(periodic_distance(where, where, period))
+        return self._taper(where, where, period)
 
     def local_domains(self, observation: AbstractObservation) -> "LocalDomains":
         """The [`LocalDomains`][] of a fixed observation network, for

@@ -385,8 +385,6 @@ def test_bad_ensembles_and_methods_are_rejected():
         ParameterAugmentation(ETKF(), parameter_noise_std=jnp.ones(2)).analysis(
             jnp.zeros((4, 6)), jnp.zeros(3), observation, KEY
         )
-    with pytest.raises(ValueError, match="covariance localisation.*LETKF"):
-        ParameterAugmentation(EnKF(localisation=Localisation(4.0)))
     with pytest.raises(ValueError, match="local_parameter_update"):
         ParameterAugmentation(LETKF(Localisation(4.0)), local_parameter_update="median")
     with pytest.raises(ValueError, match="no learnt parameters"):
