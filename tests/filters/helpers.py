@@ -6,6 +6,7 @@ compare the library against textbook formulas rather than against itself.
 
 import dataclasses
 import math
+import typing
 
 import equinox as eqx
 import jax
@@ -279,3 +280,59 @@ def rk4_affine_step(A: np.ndarray, h: float) -> tuple[np.ndarray, np.ndarray]:
     M = sum(p / f for p, f in zip(powers, (1, 1, 2, 6, 24), strict=True))
     G = h * sum(p / f for p, f in zip(powers[:4], (1, 2, 6, 24), strict=True))
     return M, G
+
+
+class AffineTwin(typing.NamedTuple):
+    """A linear twin of the augmented state ``z = [x; b]`` of ``dx/dt = A x + b``."""
+
+    rng: np.random.Generator
+    model: object  # AugmentedModel learning b
+    observation: IndexObservation  # x_0 and x_2, stds 0.5 and 0.8
+    F: np.ndarray  # z⁺ = F z (one RK4 step), F = [[M, G], [0, I]]
+    H_z: np.ndarray  # [H, 0]
+    R: np.ndarray
+    truths: np.ndarray  # (cycles, n): the state block of the true z_k
+    y_seq: np.ndarray  # (cycles, 2)
+    mean: np.ndarray  # the prior of z_0 ...
+    covariance: np.ndarray
+    init: jnp.ndarray  # ... held exactly by this ensemble
+
+
+def affine_twin(seed: int, cycles: int, members: int, bias, dt: float = 0.1) -> AffineTwin:
+    """3 variables, the bias ``b`` learnt (`AugmentedModel`), a random prior of ``z_0``."""
+    from hybridda import Resolvent
+    from hybridda.filters import AugmentedModel
+
+    rng = np.random.default_rng(seed)
+    n = 3
+    A = 0.5 * rng.standard_normal((n, n)) - 0.3 * np.eye(n)
+    model = AugmentedModel(
+        Resolvent(AffineDynamics(jnp.asarray(A), jnp.zeros(n)), dt),
+        where=lambda m: m.dynamics.bias,
+    )
+    observation = IndexObservation([0, 2], n, GaussianError(jnp.asarray([0.5, 0.8])))
+    R = np.diag([0.25, 0.64])
+    M, G = rk4_affine_step(A, dt)
+    F = np.block([[M, G], [np.zeros((n, n)), np.eye(n)]])
+    H_z = np.hstack([np.eye(n)[[0, 2]], np.zeros((2, n))])
+    truth = np.concatenate([rng.standard_normal(n), np.asarray(bias, dtype=float)])
+    truths, y_seq = [], []
+    for _ in range(cycles):
+        truth = F @ truth
+        truths.append(truth[:n])
+        y_seq.append(H_z @ truth + np.sqrt(np.diag(R)) * rng.standard_normal(2))
+    mean, covariance = np.zeros(2 * n), random_spd(rng, 2 * n)
+    init = jnp.asarray(ensemble_with_moments(rng, mean, covariance, members))
+    return AffineTwin(
+        rng,
+        model,
+        observation,
+        F,
+        H_z,
+        R,
+        np.array(truths),
+        np.array(y_seq),
+        mean,
+        covariance,
+        init,
+    )

@@ -25,11 +25,9 @@ from hybridda.observe import GaussianError, IndexObservation, LinearObservation,
 
 from .helpers import (
     AffineDynamics,
+    affine_twin,
     analyse,
-    ensemble_with_moments,
     kalman_update,
-    random_spd,
-    rk4_affine_step,
     sample_moments,
 )
 
@@ -59,11 +57,11 @@ def test_augmented_etkf_tracks_the_exact_kalman_filter(case):
     # x⁺ = M x + G b with b unknown: the augmented system z = [x; b] is linear,
     # z⁺ = F z with F = [[M, G], [0, I]], observed through [H, 0]. An ensemble holding the
     # prior moments exactly then follows the Kalman filter exactly, cycle after cycle.
-    rng, A, model, observation, H, R = affine_problem(seed=1)
     n, q, members, cycles = 3, 3, 10, 8
-    M, G = rk4_affine_step(A, DT)
-    F = np.block([[M, G], [np.zeros((q, n)), np.eye(q)]])
-    H_z = np.hstack([H, np.zeros((2, q))])
+    twin = affine_twin(seed=1, cycles=cycles, members=members, bias=[1.0, -2.0, 0.5], dt=DT)
+    model, observation, init = twin.model, twin.observation, twin.init
+    F, H_z, R, y_seq = twin.F, twin.H_z, twin.R, twin.y_seq
+    m, P = twin.mean, twin.covariance
     factor = 1.3
     # D scales the anomalies of one block, so the covariance becomes D P D.
     D = np.eye(n + q)
@@ -77,15 +75,6 @@ def test_augmented_etkf_tracks_the_exact_kalman_filter(case):
         D[:n, :n] *= factor
         kwargs["state_inflation"] = Multiplicative(factor, when=when)
     method = ParameterAugmentation(ETKF(), **kwargs)
-
-    truth = np.concatenate([rng.standard_normal(n), [1.0, -2.0, 0.5]])
-    y_seq = []
-    for _ in range(cycles):
-        truth = F @ truth
-        y_seq.append(H_z @ truth + np.sqrt(np.diag(R)) * rng.standard_normal(2))
-    y_seq = np.array(y_seq)
-    m, P = np.zeros(n + q), random_spd(rng, n + q)
-    init = jnp.asarray(ensemble_with_moments(rng, m, P, members))
 
     trajectory = eqx.filter_jit(hybridda.assimilate)(
         model, observation, method, jnp.asarray(y_seq), init, KEY, store_ensembles=True
@@ -114,11 +103,11 @@ def test_cycled_loss_scores_the_state_block_with_the_exact_kalman_likelihood(cas
     # loss's observation likelihood is the exact Kalman innovation likelihood
     # y_k ~ N(H_z m_k^f, H_z P_k^f H_zᵀ + R), with the prior inflation the analysis
     # applies; the RMSE kinds compare the state block with a (cycles, n) truth.
-    rng, A, model, observation, H, R = affine_problem(seed=2)
     n, q, members, cycles = 3, 3, 10, 6
-    M, G = rk4_affine_step(A, DT)
-    F = np.block([[M, G], [np.zeros((q, n)), np.eye(q)]])
-    H_z = np.hstack([H, np.zeros((2, q))])
+    twin = affine_twin(seed=2, cycles=cycles, members=members, bias=[0.5, -1.0, 1.5], dt=DT)
+    model, observation, init = twin.model, twin.observation, twin.init
+    F, H_z, R, y_seq, truths = twin.F, twin.H_z, twin.R, twin.y_seq, twin.truths
+    m, P = twin.mean, twin.covariance
     D, D_posterior = np.eye(n + q), np.eye(n + q)  # anomaly scalings before/after analysis
     if case == "state-inflation":
         method = ParameterAugmentation(ETKF(), state_inflation=Multiplicative(1.2, when="prior"))
@@ -131,15 +120,6 @@ def test_cycled_loss_scores_the_state_block_with_the_exact_kalman_likelihood(cas
         D_posterior *= 1.2
     else:
         method = ParameterAugmentation(ETKF())
-    truth = np.concatenate([rng.standard_normal(n), [0.5, -1.0, 1.5]])
-    truths, y_seq = [], []
-    for _ in range(cycles):
-        truth = F @ truth
-        truths.append(truth[:n])
-        y_seq.append(H_z @ truth + np.sqrt(np.diag(R)) * rng.standard_normal(2))
-    truths, y_seq = np.array(truths), np.array(y_seq)
-    m, P = np.zeros(n + q), random_spd(rng, n + q)
-    init = jnp.asarray(ensemble_with_moments(rng, m, P, members))
 
     nll, squared_errors = [], []
     for k in range(cycles):

@@ -21,19 +21,11 @@ from hybridda.filters import (
     Multiplicative,
     ParameterAugmentation,
 )
-from hybridda.observe import GaussianError, IndexObservation, full_observation
+from hybridda.observe import GaussianError, full_observation
 
-from .helpers import (
-    AffineDynamics,
-    ensemble_with_moments,
-    kalman_update,
-    random_spd,
-    rk4_affine_step,
-    sample_moments,
-)
+from .helpers import affine_twin, kalman_update, sample_moments
 
 KEY = jax.random.key(0)
-DT = 0.1
 
 
 @pytest.mark.parametrize("iterations", [1, 3])
@@ -41,34 +33,17 @@ def test_iterative_augmented_enkf_is_the_exact_kalman_filter_on_a_linear_system(
     # x⁺ = M x + G b, b unknown: z = [x; b] evolves linearly, z⁺ = F z, observed through
     # [H, 0]. Lag-1 IEnKS on the augmented system is then the Kalman filter exactly, at
     # any number of Gauss-Newton iterations (the first one lands on the minimum).
-    rng = np.random.default_rng(1)
     n, q, members, cycles = 3, 3, 10, 6
-    A = 0.5 * rng.standard_normal((n, n)) - 0.3 * np.eye(n)
-    model = AugmentedModel(
-        hybridda.Resolvent(AffineDynamics(jnp.asarray(A), jnp.zeros(n)), DT),
-        where=lambda m: m.dynamics.bias,
-    )
-    observation = IndexObservation([0, 2], n, GaussianError(jnp.asarray([0.5, 0.8])))
-    H, R = np.eye(n)[[0, 2]], np.diag([0.25, 0.64])
-    M, G = rk4_affine_step(A, DT)
-    F = np.block([[M, G], [np.zeros((q, n)), np.eye(q)]])
-    H_z = np.hstack([H, np.zeros((2, q))])
-
-    truth = np.concatenate([rng.standard_normal(n), [1.0, -2.0, 0.5]])
-    y_seq = []
-    for _ in range(cycles):
-        truth = F @ truth
-        y_seq.append(H_z @ truth + np.sqrt(np.diag(R)) * rng.standard_normal(2))
-    y_seq = np.array(y_seq)
-    m, P = np.zeros(n + q), random_spd(rng, n + q)
-    init = jnp.asarray(ensemble_with_moments(rng, m, P, members))
+    twin = affine_twin(seed=1, cycles=cycles, members=members, bias=[1.0, -2.0, 0.5])
+    F, H_z, R, y_seq = twin.F, twin.H_z, twin.R, twin.y_seq
+    m, P = twin.mean, twin.covariance
 
     trajectory = eqx.filter_jit(hybridda.assimilate_windows)(
-        model,
-        AugmentedObservation(observation, q),
+        twin.model,
+        AugmentedObservation(twin.observation, q),
         IEnKS(window=1, iterations=iterations),
         jnp.asarray(y_seq),
-        init,
+        twin.init,
         KEY,
         store_ensembles=True,
     )
