@@ -293,9 +293,10 @@ class QGCorrection(eqx.Module):
         return (self.output_scale * out).reshape(-1)
 
 
-def build_correction(physics: QG, config: Config, key) -> QGCorrection:
+def build_network(config: Config, key) -> ChannelCNN:
+    """The correction's CNN with its random initial weights (readout not zeroed)."""
     # Built under jit: eager initialisation compiles one random draw per layer shape.
-    network = eqx.filter_jit(
+    return eqx.filter_jit(
         lambda key: ChannelCNN(
             6,
             2,
@@ -306,6 +307,11 @@ def build_correction(physics: QG, config: Config, key) -> QGCorrection:
             dtype=jnp.dtype(config.network_dtype),
         )
     )(key)
+
+
+def build_correction(physics: QG, config: Config, key, network=None) -> QGCorrection:
+    """The correction with a zero readout around `network` (default: a new one from `key`)."""
+    network = build_network(config, key) if network is None else network
     _, y = physics.grid()
     latitude = 2.0 * (y - 0.5 * physics.lengths[1]) / physics.lengths[1]
     orography = np.asarray(physics.orography)
