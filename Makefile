@@ -33,10 +33,11 @@ format: $(STAMP)
 # One pytest worker per core (pytest-xdist), whole files per worker so module-scoped
 # fixtures (a paper script's --quick run) are built once. Most of the suite's time is
 # XLA compilation, which is single-threaded, so two workers on two cores nearly halve it.
+# Files go out in collection order, the slowest first (tests/conftest.py HEAVY_FILES_FIRST).
 TEST_WORKERS ?= auto
 
 test: lint
-	MPLBACKEND=Agg $(BIN)/python -m pytest -q --durations=10 -n $(TEST_WORKERS) --dist loadfile
+	MPLBACKEND=Agg $(BIN)/python -m pytest -q --durations=10 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 bench: $(BENCH_STAMP)
 	MPLBACKEND=Agg $(BIN)/python experiments/benchmarks/dapper_parity.py --out runs/bench
