@@ -555,37 +555,26 @@ def main(argv=None) -> dict | None:
         print(f"stopped after {done} of {K} cycles; continue with --resume")
         return None
 
+    common = dict(
+        config=config,
+        state=state,
+        model=model,
+        truth=truth,
+        truth_long=truth_long,
+        observation=observation,
+        y=y,
+        state_ensemble=state_ensemble,
+        prior_mean=prior_mean,
+        keys=(k_da, k_lyapunov),
+        x0=x0,
+    )
     if config.model == "two-scale":
         results = _two_scale_diagnostics(
-            config,
-            state,
-            model,
-            truth,
-            truth_long,
-            observation,
-            y,
-            state_ensemble,
-            offline_fits,
-            truncated_coefficients,
-            prior_mean,
-            keys=(k_da, k_lyapunov),
-            x0=x0,
+            fits=offline_fits, truncated=truncated_coefficients, **common
         )
     else:
         results = _diagnostics(
-            config,
-            state,
-            model,
-            truth_model,
-            truth,
-            truth_long,
-            observation,
-            y,
-            state_ensemble,
-            true_coefficients,
-            prior_mean,
-            keys=(k_da, k_lyapunov),
-            x0=x0,
+            truth_model=truth_model, true_coefficients=true_coefficients, **common
         )
     steady = [seconds / cycles for cycles, seconds in chunk_seconds[1:]] or [
         seconds / cycles for cycles, seconds in chunk_seconds
