@@ -607,6 +607,20 @@ def run_filter(config, model, observation, method, y, init, key, first_cycle=0, 
     )
 
 
+def _valid_times(forecasts: dict, cycle_length: float, exponent: float) -> dict:
+    """Valid time (model and Lyapunov time) of each named normalised-RMSE curve."""
+    valid = {}
+    for name, normalised_rmse in forecasts.items():
+        times = metrics.valid_time(normalised_rmse, cycle_length, exponent)
+        valid[name] = {
+            "model_time": float(times.model_time),
+            "lyapunov_time": float(times.lyapunov_time),
+            "exceeded": bool(times.exceeded),
+            "normalised_rmse": [float(v) for v in normalised_rmse],
+        }
+    return valid
+
+
 def _rms(values, axis=-1):
     return jnp.sqrt(jnp.mean(values**2, axis=axis))
 
@@ -683,15 +697,7 @@ def _diagnostics(
     exponent_learnt = float(
         lyapunov(learnt_model, x0, config.lyapunov_cycles, count=1, key=k_lyapunov)[0]
     )
-    valid = {}
-    for name, normalised_rmse in forecasts.items():
-        times = metrics.valid_time(normalised_rmse, config.cycle_length, exponent_true)
-        valid[name] = {
-            "model_time": float(times.model_time),
-            "lyapunov_time": float(times.lyapunov_time),
-            "exceeded": bool(times.exceeded),
-            "normalised_rmse": [float(v) for v in normalised_rmse],
-        }
+    valid = _valid_times(forecasts, config.cycle_length, exponent_true)
 
     milestones = [k for k in (0, 10, 100, 1000, 3000, 10000, 20000, 50000) if k < K] + [K - 1]
     final_error = float(jnp.mean(parameter_error[last_tenth:]))
@@ -820,15 +826,7 @@ def _two_scale_diagnostics(
     # Lyapunov times in units of the truncated model's (Lorenz-96, F = 10) exponent: the
     # two-scale truth's leading exponent is that of its fast variables.
     unit = exponents["truncated_model"]
-    valid = {}
-    for name, normalised_rmse in zip(coefficient_sets, skill, strict=True):
-        times = metrics.valid_time(normalised_rmse, config.cycle_length, unit)
-        valid[name] = {
-            "model_time": float(times.model_time),
-            "lyapunov_time": float(times.lyapunov_time),
-            "exceeded": bool(times.exceeded),
-            "normalised_rmse": [float(v) for v in normalised_rmse],
-        }
+    valid = _valid_times(dict(zip(coefficient_sets, skill, strict=True)), config.cycle_length, unit)
 
     milestones = [k for k in (0, 10, 100, 1000, 3000, 10000, 20000, 50000) if k < K] + [K - 1]
     final_error = float(jnp.mean(parameter_error[last_tenth:]))
