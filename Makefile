@@ -43,4 +43,4 @@ bench: $(BENCH_STAMP)
 	MPLBACKEND=Agg $(BIN)/python experiments/benchmarks/dapper_parity.py --out runs/bench
 
 clean:
-	rm -rf runs .pytest_cache .ruff_cache
+	rm -rf runs .pytest_cache .ruff_cache .jax_cache
