@@ -1,18 +1,12 @@
 """experiments/benchmarks/online_letkf_scale.py --quick: the augmented LETKF at two sizes."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-SCRIPT = (
-    Path(__file__).resolve().parents[1] / "experiments" / "benchmarks" / "online_letkf_scale.py"
-)
+from .scripts import load_script
 
 
 def test_quick_benchmark_runs_both_filters_and_memory_grows_linearly(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_online_letkf_scale", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("experiments/benchmarks/online_letkf_scale.py")
     record = module.main(["--quick", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "online_letkf_scale.json").read_text())
     assert saved == json.loads(json.dumps(record))

@@ -4,22 +4,18 @@ One quick data set (6 + 1 + 1 coarse cases) and tiny models; the three runs shar
 compiled programs (same shapes), so only the first pays for compiling.
 """
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "mesh_train.py"
+from ..scripts import load_script
+
 MODELS = ("meshgraphnet", "transolver", "abswift")
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("mesh_train", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/mesh_train.py")
 
 
 def test_quick_training_is_scored_and_resumes_bit_for_bit(tmp_path):

@@ -6,21 +6,17 @@ The quick run takes about 100 s of CPU (measured 67 s wall at load 2.7 on 2 core
 at load 6), almost all of it compiling: one QG 4D-Var with the network in the control
 (about 15 s alone), the offline training step, the truth run and the forecasts."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "paper" / "farchi2023_qg_online.py"
+from ..scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    spec = importlib.util.spec_from_file_location("farchi2023_qg_online", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("paper/farchi2023_qg_online.py")
     root = tmp_path_factory.mktemp("farchi2023")
     argv = ["--quick", "--no-progress", "--out", str(root / "out")]
     metrics = module.main(argv + ["--checkpoint-dir", str(root / "checkpoints")])
