@@ -97,20 +97,16 @@ from tqdm.auto import tqdm  # noqa: E402
 
 import hybridda  # noqa: E402
 from hybridda import metrics  # noqa: E402
+from hybridda._parameters import partition_learnt, with_learnt  # noqa: E402
 from hybridda.checkpoint import prepare_run_directory, resume_or_init  # noqa: E402
-from hybridda.learn import AnalysisDataset  # noqa: E402
+from hybridda.learn import AnalysisDataset, online_fourdvar  # noqa: E402
 from hybridda.nn import PeriodicCNN  # noqa: E402
 from hybridda.observe import (  # noqa: E402
     GaussianError,
     RandomSubsetObservation,
     full_observation,
 )
-from hybridda.variational import (  # noqa: E402
-    StrongFourDVar,
-    WeakFourDVar,
-    WithModelParameters,
-    incremental,
-)
+from hybridda.variational import FourDVar  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import farchi2021_jcs_correction as offline  # noqa: E402
@@ -234,63 +230,27 @@ def zero_readout(model):
 
 
 def theta_of(model) -> jnp.ndarray:
-    return ravel_pytree(eqx.filter(learnt_layers(model), eqx.is_array))[0]
+    return partition_learnt(model, learnt_layers)[0]
 
 
 def with_theta(model, theta):
-    layers = eqx.filter(learnt_layers(model), eqx.is_array)
-    _, unravel = ravel_pytree(layers)
-    static = eqx.filter(learnt_layers(model), eqx.is_array, inverse=True)
-    return eqx.tree_at(learnt_layers, model, eqx.combine(unravel(theta), static))
+    return with_learnt(model, learnt_layers, jnp.asarray(theta))
 
 
-def window_cost(model, observation, background, y_window, index, config, weak=None):
-    """The 4D-Var cost of window `index` (x0 at cycle ``index * window``), without θ."""
-    n = background.shape[0]
-    B = config.background_std**2 * jnp.eye(n)
-    start_cycle = index * config.window
-    common = dict(t0=start_cycle * model.cycle_length, first_cycle=start_cycle + 1)
-    args = (model, observation, y_window, background, B)
+def fourdvar(config: Config, weak: bool | None = None) -> FourDVar:
+    """The 4D-Var window: ``B = σ_b² I``, incremental (`outer_loops` x `inner_loops`
+    CG) from the background; weak-constraint (``Q = σ_q² I``) if `weak`, by default
+    when `config.constraint` is ``"weak"``."""
+    identity = jnp.eye(config.n_slow)
     weak = config.constraint == "weak" if weak is None else weak
-    if weak:
-        return WeakFourDVar(*args, config.model_error_std**2 * jnp.eye(n), **common)
-    return StrongFourDVar(*args, **common)
-
-
-def minimise(cost, config):
-    """Incremental 4D-Var from the background: `outer_loops` x `inner_loops` CG."""
-    return incremental(
-        cost,
-        cost.initial_control(),
+    return FourDVar(
+        config.background_std**2 * identity,
+        window=config.window,
+        minimiser="incremental",
         outer_loops=config.outer_loops,
         inner_loops=config.inner_loops,
-        throw=False,
+        model_error_covariance=config.model_error_std**2 * identity if weak else None,
     )
-
-
-@eqx.filter_jit
-def run_windows(model, observation, background, theta, sigma, y_windows, first_window, config):
-    """`y_windows.shape[0]` consecutive online windows (one `lax.scan`).
-
-    Returns the final ``(background, θ)`` and per window: the analysis at the window's
-    end, the cost before and after the minimisation, and the rms whitened θ step.
-    """
-
-    def one(carry, inputs):
-        background, theta = carry
-        y_window, index = inputs
-        inner = window_cost(model, observation, background, y_window, index, config)
-        cost = WithModelParameters(
-            inner, where=learnt_layers, parameter_background=theta, parameter_std=sigma
-        )
-        result = minimise(cost, config)
-        end = cost.trajectory(result.control)[-1]  # the next window's background
-        new_theta = result.control[1].astype(theta.dtype)
-        step = jnp.sqrt(jnp.mean(cost.parameter_residual(new_theta) ** 2))
-        return (end, new_theta), (end, result.costs[0], result.costs[-1], step)
-
-    indices = first_window + jnp.arange(y_windows.shape[0])
-    return jax.lax.scan(one, (background, theta), (y_windows, indices))
 
 
 @eqx.filter_jit
@@ -334,6 +294,7 @@ def learn_online(model, sigma, y, first_background, twin, config: Config, args):
     W, L = config.windows, config.window
     y_windows = jnp.asarray(y[1 : 1 + W * L].reshape(W, L, -1))
     reference = learning_curve_reference(twin, config)
+    method = fourdvar(config)
 
     def init_state():
         return {
@@ -371,19 +332,21 @@ def learn_online(model, sigma, y, first_background, twin, config: Config, args):
         for first in bar:
             last = min(first + config.chunk_windows, W)
             tic = time.perf_counter()
-            (background, theta), outputs = run_windows(
+            (background, theta), record = online_fourdvar(
+                method,
                 model,
                 observation,
                 state["background"],
-                state["theta"],
-                sigma,
                 y_windows[first:last],
-                jnp.asarray(first),
-                config,
+                where=learnt_layers,
+                parameter_std=sigma,
+                parameters=state["theta"],
+                first_window=first,
+                first_cycle_offset=1,  # y[0] observes the initial state, never assimilated
             )
             jax.block_until_ready(theta)
             seconds = time.perf_counter() - tic
-            ends, before, after, step = outputs
+            ends, before, after, step = record[:4]
             chunk = first // config.chunk_windows
             point = _learning_curve_point(with_theta(model, theta), config.curve_lead, *reference)
             state = {
@@ -451,10 +414,14 @@ def weak_4dvar_analyses(model, observation, background, y_windows, config):
     """The online run's DA without θ: weak-constraint 4D-Var windows with the truncated
     `model`; the analysed trajectory of every cycle, ``(windows * window + 1, n)``."""
 
+    method = fourdvar(config, weak=True)
+
     def one(background, inputs):
         y_window, index = inputs
-        cost = window_cost(model, observation, background, y_window, index, config, weak=True)
-        control = minimise(cost, config).control
+        first_cycle = index * config.window
+        t0 = first_cycle * model.cycle_length
+        cost = method.window_cost(model, observation, y_window, background, t0, first_cycle + 1)
+        control = method.minimise(cost, cost.initial_control()).control
         states = cost.trajectory(control)
         # x0 and the states after 1 .. L - 1 cycles; the end state starts the next window.
         return states[-1], jnp.concatenate([control[0][None], states[:-1]])

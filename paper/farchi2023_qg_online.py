@@ -120,12 +120,8 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from hybridda._parameters import partition_learnt, with_learnt  # noqa: E402
 from hybridda.checkpoint import prepare_run_directory, resume_or_init  # noqa: E402
-from hybridda.variational import (  # noqa: E402
-    StrongFourDVar,
-    WeakFourDVar,
-    WithModelParameters,
-    gauss_newton,
-)
+from hybridda.learn import online_fourdvar  # noqa: E402
+from hybridda.variational import FourDVar  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import farchi2021_qg_correction as offline  # noqa: E402
@@ -214,47 +210,18 @@ def with_theta(model, theta):
     return with_learnt(model, learnt_network, jnp.asarray(theta))
 
 
-def window_cost(model, observation, covariances, background, y_window, index, config):
-    """The 4D-Var cost (without θ) of window `index`: x0 at cycle ``index * window``;
-    ``y_window[k - 1]`` observes the state after k cycles (the offline script's DA)."""
-    B, Q = covariances
-    start_cycle = index * config.window
-    common = dict(t0=start_cycle * model.cycle_length, first_cycle=start_cycle)
-    if config.constraint == "weak":
-        return WeakFourDVar(model, observation, y_window, background, B, Q, **common)
-    return StrongFourDVar(model, observation, y_window, background, B, **common)
-
-
-@eqx.filter_jit
-def run_windows(model, observation, covariances, background, theta, sigma, y, first, config):
-    """Consecutive online windows from window `first` (one `lax.scan`).
-
-    Returns the final ``(background, θ)`` and per window: the analysis at its end, the
-    cost before and after the minimisation, and the rms whitened θ step.
-    """
-
-    def one(carry, inputs):
-        background, theta = carry
-        y_window, index = inputs
-        inner = window_cost(model, observation, covariances, background, y_window, index, config)
-        cost = WithModelParameters(
-            inner, where=learnt_network, parameter_background=theta, parameter_std=sigma
-        )
-        # The minimiser of the offline script's 4D-Var (`FourDVar`'s default).
-        result = gauss_newton(
-            cost,
-            cost.initial_control(),
-            max_iterations=config.outer_loops,
-            inner_iterations=config.inner_loops,
-            throw=False,
-        )
-        end = cost.trajectory(result.control)[-1]  # the next window's background
-        new_theta = result.control[1].astype(theta.dtype)
-        step = jnp.sqrt(jnp.mean(cost.parameter_residual(new_theta) ** 2))
-        return (end, new_theta), (end, result.costs[0], result.costs[-1], step)
-
-    indices = first + jnp.arange(y.shape[0])
-    return jax.lax.scan(one, (background, theta), (y, indices))
+def fourdvar(twin, config: Config) -> FourDVar:
+    """The offline script's 4D-Var window (Gauss-Newton, its loops and ``B``), weak with
+    ``Q = (σ_q / σ_b)² B`` when `config.constraint` is ``"weak"``."""
+    B = jnp.asarray(twin.background_covariance)
+    Q = (config.model_error_std / config.background_std) ** 2 * B
+    return FourDVar(
+        B,
+        window=config.window,
+        outer_loops=config.outer_loops,
+        inner_loops=config.inner_loops,
+        model_error_covariance=Q if config.constraint == "weak" else None,
+    )
 
 
 def first_background(twin, config) -> np.ndarray:
@@ -271,8 +238,7 @@ def learn_online(name, start_model, sigma, twin, model_set, config: Config, args
     """
     W, L, chunk = config.train_windows, config.window, config.da_chunk_windows
     y = jnp.asarray(twin.observations[: W * L].reshape(W, L, -1))
-    B = jnp.asarray(twin.background_covariance)
-    Q = (config.model_error_std / config.background_std) ** 2 * B
+    method = fourdvar(twin, config)
     curve_states = model_error_states(twin, config)
 
     def init_state():
@@ -311,17 +277,18 @@ def learn_online(name, start_model, sigma, twin, model_set, config: Config, args
         for first in bar:
             last = first + chunk
             tic = time.perf_counter()
-            (background, theta), (ends, before, after, step) = run_windows(
+            (background, theta), record = online_fourdvar(
+                method,
                 start_model,
                 twin.observation,
-                (B, Q),
                 state["background"],
-                state["theta"],
-                sigma,
                 y[first:last],
-                jnp.asarray(first),
-                config,
+                where=learnt_network,
+                parameter_std=sigma,
+                parameters=state["theta"],
+                first_window=first,
             )
+            ends, before, after, step = record[:4]
             jax.block_until_ready(theta)
             seconds = time.perf_counter() - tic
             index = first // chunk

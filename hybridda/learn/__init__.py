@@ -6,7 +6,9 @@ split into training and validation segments by blocks in time
 ([`train_validation_split`][]), cut into rollout examples ([`rollout_pairs`][]), and a
 [`Trainer`][] fits the learnt part of a hybrid model (or a whole surrogate) by
 minimising the inverse-variance-weighted multi-step [`RolloutLoss`][], with early
-stopping and resumable checkpoints.
+stopping and resumable checkpoints. Online, [`online_fourdvar`][] learns the model's
+parameters inside the DA cycle instead: they are part of every 4D-Var window's control
+(Farchi et al. 2021, 2023).
 
 ```python
 train, validation = train_validation_split(AnalysisDataset.from_trajectory(run), 0.2, key=k1)
@@ -25,6 +27,8 @@ from ._em import fit_transitions as fit_transitions
 from ._em import model_error_variance as model_error_variance
 from ._loss import RolloutLoss as RolloutLoss
 from ._loss import rollout as rollout
+from ._online import OnlineWindows as OnlineWindows
+from ._online import online_fourdvar as online_fourdvar
 from ._trainer import History as History
 from ._trainer import Trainer as Trainer
 from ._trainer import TrainResult as TrainResult
@@ -34,6 +38,7 @@ from ._trainer import default_trainable as default_trainable
 __all__ = [
     "AnalysisDataset",
     "History",
+    "OnlineWindows",
     "RolloutLoss",
     "RolloutPairs",
     "TrainResult",
@@ -43,6 +48,7 @@ __all__ = [
     "default_trainable",
     "fit_transitions",
     "model_error_variance",
+    "online_fourdvar",
     "rollout",
     "rollout_pairs",
     "train_validation_split",

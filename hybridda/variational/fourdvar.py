@@ -15,7 +15,7 @@ from .._method import (
     check_window_shape,
 )
 from .costs import StrongFourDVar, WeakFourDVar
-from .solve import gauss_newton, incremental, quasi_newton
+from .solve import MinimiseResult, gauss_newton, incremental, quasi_newton
 
 MINIMISERS = ("gauss-newton", "incremental", "quasi-newton")
 
@@ -105,21 +105,33 @@ class FourDVar(AbstractWindowMethod):
         beta = self.hybrid_weight
         return (1 - beta) * self.background_covariance + beta * ensemble_covariance
 
-    def analyse_window(
-        self, model, observation, E, y, weights, t0, first_cycle, key
-    ) -> WindowAnalysis:
-        background = E.mean(axis=0)
-        arguments = (model, observation, y, background, self._background_covariance(E))
+    def window_cost(
+        self,
+        model,
+        observation,
+        y: Float[Array, "L p"],
+        background: Float[Array, " n"],
+        t0=0.0,
+        first_cycle=0,
+        obs_weights: Float[Array, " L"] | None = None,
+        background_covariance: Float[Array, "n n"] | None = None,
+    ) -> StrongFourDVar | WeakFourDVar:
+        """The cost functional of one window: [`StrongFourDVar`][], or [`WeakFourDVar`][]
+        with the `model_error_covariance`, from `background` at the window start: time
+        `t0`, global cycle index `first_cycle` (``y[k - 1]`` is observed with
+        ``observation.at_cycle(first_cycle + k - 1)``); with this method's static ``B``
+        unless a `background_covariance` is given."""
+        B = self.background_covariance if background_covariance is None else background_covariance
+        arguments = (model, observation, y, background, B)
         if self.model_error_covariance is None:
-            cost = StrongFourDVar(*arguments, t0, first_cycle, weights.assimilate)
-            control = background
-        else:
-            cost = WeakFourDVar(
-                *arguments, self.model_error_covariance, t0, first_cycle, weights.assimilate
-            )
-            control = cost.initial_control()
+            return StrongFourDVar(*arguments, t0, first_cycle, obs_weights)
+        return WeakFourDVar(*arguments, self.model_error_covariance, t0, first_cycle, obs_weights)
+
+    def minimise(self, cost, control) -> MinimiseResult:
+        """Minimise `cost` from `control` with this method's minimiser, loops and
+        tolerance; a non-finite cost is returned in ``costs``, not raised."""
         if self.minimiser == "gauss-newton":
-            result = gauss_newton(
+            return gauss_newton(
                 cost,
                 control,
                 max_iterations=self.outer_loops,
@@ -127,8 +139,8 @@ class FourDVar(AbstractWindowMethod):
                 inner_iterations=self.inner_loops,
                 throw=False,
             )
-        elif self.minimiser == "incremental":
-            result = incremental(
+        if self.minimiser == "incremental":
+            return incremental(
                 cost,
                 control,
                 outer_loops=self.outer_loops,
@@ -136,14 +148,29 @@ class FourDVar(AbstractWindowMethod):
                 tolerance=self.tolerance,
                 throw=False,
             )
-        else:
-            result = quasi_newton(
-                cost,
-                control,
-                max_iterations=self.outer_loops,
-                tolerance=self.tolerance,
-                throw=False,
-            )
+        return quasi_newton(
+            cost,
+            control,
+            max_iterations=self.outer_loops,
+            tolerance=self.tolerance,
+            throw=False,
+        )
+
+    def analyse_window(
+        self, model, observation, E, y, weights, t0, first_cycle, key
+    ) -> WindowAnalysis:
+        cost = self.window_cost(
+            model,
+            observation,
+            y,
+            E.mean(axis=0),
+            t0,
+            first_cycle,
+            weights.assimilate,
+            self._background_covariance(E),
+        )
+        control = cost.background if isinstance(cost, StrongFourDVar) else cost.initial_control()
+        result = self.minimise(cost, control)
         analysed = cost.trajectory(result.control)
         background_states = cost.trajectory(control)
         if self.hybrid:

@@ -8,8 +8,15 @@ import pytest
 
 import hybridda as hda
 from hybridda.dynamics import Lorenz96
+from hybridda.learn import online_fourdvar
 from hybridda.observe import GaussianError, IndexObservation, every_kth
-from hybridda.variational import StrongFourDVar, WeakFourDVar, WithModelParameters, gauss_newton
+from hybridda.variational import (
+    FourDVar,
+    StrongFourDVar,
+    WeakFourDVar,
+    WithModelParameters,
+    gauss_newton,
+)
 from tests.filters.helpers import AffineDynamics, rk4_affine_step
 
 H_STEP, WINDOW, STDS = 0.1, 4, np.array([0.5, 0.8])
@@ -122,8 +129,9 @@ def test_cycled_windows_learn_the_forcing_online():
     # Lorenz-96 (n = 20), truth F = 8, the model starts with F = 6. Each window of 4
     # cycles (every other variable observed, std 1) minimises over (x0, F) with the
     # previous window's F as background (std 0.6); the analysis at the window's end is
-    # the next window's background. Measured: F 6.45 after the first window, 7.96 after
-    # ten, 8.09 on average over the last ten of 40; window-end RMSE 0.54 -> 0.41.
+    # the next window's background (`online_fourdvar`, in two chunks of 20 windows).
+    # Measured: F 6.45 after the first window, 7.96 after ten, 8.09 on average over the
+    # last ten of 40; window-end RMSE 0.54 -> 0.41.
     n, L, windows = 20, 4, 40
     truth_model = hda.Resolvent(Lorenz96(n=n, forcing=8.0), dt=0.05)
     observation = every_kth(n, 2, GaussianError(1.0))
@@ -131,26 +139,38 @@ def test_cycled_windows_learn_the_forcing_online():
     truth = hda.simulate(truth_model, x0, L * windows)[1:]
     y = hda.synthesise_observations(observation, truth, jax.random.key(2))
     start_model = hda.Resolvent(Lorenz96(n=n, forcing=6.0), dt=0.05)
+    method = FourDVar(jnp.eye(n), window=L, outer_loops=8)
+    y_windows = y.reshape(windows, L, -1)
+    forcing = lambda m: m.dynamics.forcing  # noqa: E731
 
-    @eqx.filter_jit
-    def window(background, forcing, y_window):
-        model = eqx.tree_at(lambda m: m.dynamics.forcing, start_model, forcing)
-        inner = StrongFourDVar(model, observation, y_window, background, jnp.eye(n))
-        cost = WithModelParameters(inner, where=lambda m: m.dynamics.forcing, parameter_std=0.6)
-        (x_start, theta) = gauss_newton(cost, cost.initial_control(), max_iterations=8).control
-        end = cost.trajectory((x_start, theta))[-1]  # the next window starts here
-        return end, theta[0]
+    with pytest.raises(ValueError, match="y_windows"):  # one window, not (windows, L, p)
+        online_fourdvar(
+            method, start_model, observation, x0, y_windows[0], where=forcing, parameter_std=1.0
+        )
 
-    background = x0 + jax.random.normal(jax.random.key(3), (n,))
-    forcing = jnp.asarray(6.0)
-    forcings, errors = [], []
-    for w in range(windows):
-        background, forcing = window(background, forcing, y[w * L : (w + 1) * L])
-        forcings.append(float(forcing))
-        errors.append(float(jnp.sqrt(jnp.mean((background - truth[(w + 1) * L - 1]) ** 2))))
-    assert abs(forcings[0] - 6.0) > 0.2  # the first window already moves F ...
-    assert abs(np.mean(forcings[-10:]) - 8.0) < 0.2  # ... and the windows converge to 8
-    assert np.mean(errors[-10:]) < 0.5
+    state = (x0 + jax.random.normal(jax.random.key(3), (n,)), None)
+    records = []
+    for first in (0, windows // 2):
+        state, record = online_fourdvar(
+            method,
+            start_model,
+            observation,
+            state[0],
+            y_windows[first : first + windows // 2],
+            where=forcing,
+            parameter_std=0.6,
+            parameters=state[1],
+            first_window=first,
+        )
+        records.append(record)
+    record = jax.tree.map(lambda *r: jnp.concatenate(r), *records)
+    # The window-end analyses are the carried backgrounds: the last one is returned.
+    np.testing.assert_array_equal(state[0], record.analysis_end[-1])
+    errors = np.sqrt(np.mean((record.analysis_end - truth[L - 1 :: L]) ** 2, axis=1))
+    assert np.all(record.cost_after <= record.cost_before)
+    assert record.parameter_step[0] > 0.5  # the first window moves F (0.76 σ) ...
+    assert abs(float(state[1][0]) - 8.0) < 0.3  # ... and the windows converge to 8
+    assert np.mean(errors[-10:]) < 0.5 < errors[0]
 
 
 def test_bad_parameter_control_is_rejected(affine):
