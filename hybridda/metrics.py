@@ -4,6 +4,7 @@ Everything here is a pure function of arrays (or of a one-cycle model), so it ca
 jitted (`eqx.filter_jit`) or vmapped by the caller.
 
 - DA scores: [`rmse`][], [`spread`][], [`crps`][], [`rank_histogram`][], [`summary`][].
+- Probability forecasts of a binary event: [`brier_score`][], [`reliability_diagram`][].
 - Surrogate against truth: [`forecast_skill`][] (error against lead time) and
   [`valid_time`][] (when it crosses a threshold, in model and Lyapunov times);
   [`lyapunov_spectrum`][] of any one-cycle model; [`power_spectral_density`][] and
@@ -17,9 +18,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, Shaped
 
-from ._checks import concrete, require_positive
+from ._checks import concrete, require_count, require_positive
 
 # Metrics accept JAX or NumPy arrays (e.g. read back from netCDF).
 ArrayIn = Array | np.ndarray
@@ -57,6 +58,28 @@ def crps(ensemble: Float[ArrayIn, "*K N n"], truth: Float[ArrayIn, "*K n"]) -> F
     return jnp.mean(skill - dispersion, axis=-1)
 
 
+def energy_score(
+    ensemble: Float[ArrayIn, "*K N n"], truth: Float[ArrayIn, "*K n"]
+) -> Float[Array, "*K"]:
+    r"""Energy score of the ensemble: the multivariate CRPS over the whole state vector.
+
+    Empirical form $\frac1N\sum_i \lVert x_i - y\rVert - \frac1{2N^2}\sum_{i,j}
+    \lVert x_i - x_j\rVert$ (Gneiting and Raftery 2007, eq. 22 with β = 1; Gneiting et al.
+    2008). For one variable it is the [`crps`][]. Unlike the CRPS of each variable, it
+    also scores the joint structure (a field with the right marginals but the wrong
+    spatial pattern scores worse). The pairwise distances come from the Gram matrix of
+    the centred members, ``O(N² n)`` without an ``N × N × n`` temporary.
+    """
+    ensemble, truth = jnp.asarray(ensemble), jnp.asarray(truth)
+    skill = jnp.mean(jnp.linalg.norm(ensemble - truth[..., None, :], axis=-1), axis=-1)
+    centred = ensemble - jnp.mean(ensemble, axis=-2, keepdims=True)
+    gram = centred @ jnp.swapaxes(centred, -1, -2)
+    squared = jnp.diagonal(gram, axis1=-2, axis2=-1)
+    distance2 = squared[..., :, None] + squared[..., None, :] - 2 * gram
+    dispersion = 0.5 * jnp.mean(jnp.sqrt(jnp.maximum(distance2, 0.0)), axis=(-2, -1))
+    return skill - dispersion
+
+
 def rank_histogram(
     ensemble: Float[ArrayIn, "K N n"], truth: Float[ArrayIn, "K n"]
 ) -> Int[Array, " N+1"]:
@@ -69,6 +92,101 @@ def rank_histogram(
     members = ensemble.shape[-2]
     ranks = jnp.sum(ensemble < truth[..., None, :], axis=-2).reshape(-1)
     return jnp.bincount(ranks, length=members + 1)
+
+
+def _check_probability_forecast(probability, outcome, binary: bool):
+    """Shapes equal, forecast probabilities in [0, 1], outcomes 0/1 (or in [0, 1])."""
+    probability, outcome = jnp.asarray(probability), jnp.asarray(outcome)
+    if probability.shape != outcome.shape:
+        raise ValueError(
+            f"`probability` {probability.shape} and `outcome` {outcome.shape} must have the "
+            "same shape (one forecast probability per outcome); broadcast them first."
+        )
+    known = concrete(probability)
+    if known is not None and known.size and not (known.min() >= 0 and known.max() <= 1):
+        raise ValueError(
+            "`probability` must lie in [0, 1] (a forecast probability of the event), got "
+            f"values from {known.min()!r} to {known.max()!r}."
+        )
+    known = concrete(outcome)
+    if known is not None and known.size:
+        values = known.astype(float)
+        if binary and not np.all((values == 0) | (values == 1)):
+            raise ValueError(
+                "`outcome` must be binary (0/1 or bool: whether the event happened); for "
+                "the frequency of the event over several truths, score each truth and average."
+            )
+        if not (values.min() >= 0 and values.max() <= 1):
+            raise ValueError("`outcome` must lie in [0, 1] (an event frequency).")
+    return probability, outcome.astype(probability.dtype)
+
+
+def brier_score(
+    probability: Float[ArrayIn, "*shape"],
+    outcome: Shaped[ArrayIn, "*shape"],
+    axis: int | tuple[int, ...] | None = None,
+) -> Float[Array, "..."]:
+    r"""Brier score ``mean (p − o)²`` of probability forecasts of a binary event (Brier 1950).
+
+    `probability` ``p`` in [0, 1] and `outcome` ``o`` in {0, 1} (bool or numbers), of the
+    same shape; the mean is over `axis` (default: all entries). 0 is perfect; a forecast
+    of the event's frequency ``q`` scores ``q(1 − q)`` on average. For an ensemble of
+    binary members forecasting ``p`` = the fraction of members with the event, the
+    empirical CRPS of [`crps`][] equals this score (``E|X − o| − ½E|X − X'| = (p − o)²``).
+    """
+    probability, outcome = _check_probability_forecast(probability, outcome, binary=True)
+    return jnp.mean((probability - outcome) ** 2, axis=axis)
+
+
+class ReliabilityDiagram(NamedTuple):
+    """The output of [`reliability_diagram`][]; bin ``k`` is ``[edges[k], edges[k+1])``
+    (the last one closed).
+
+    - `bin_edges`: ``(bins + 1,)`` from 0 to 1.
+    - `forecast_probability`: the mean forecast probability in each bin (NaN if empty).
+    - `observed_frequency`: the mean outcome in each bin (NaN if empty): on the
+      diagonal for a reliable forecast.
+    - `counts`: the number of forecasts in each bin.
+    """
+
+    bin_edges: Float[Array, " bins_plus_one"]
+    forecast_probability: Float[Array, " bins"]
+    observed_frequency: Float[Array, " bins"]
+    counts: Int[Array, " bins"]
+
+    def reliability(self) -> Float[Array, ""]:
+        r"""The reliability term of the Brier score's decomposition (Murphy 1973) on these
+        bins: $\sum_k n_k (\bar p_k − \bar o_k)^2 / \sum_k n_k$ (0: perfectly reliable)."""
+        filled = self.counts > 0
+        gaps = jnp.where(filled, self.forecast_probability - self.observed_frequency, 0.0)
+        return jnp.sum(self.counts * gaps**2) / jnp.sum(self.counts)
+
+
+def reliability_diagram(
+    probability: Float[ArrayIn, "*shape"], outcome: Shaped[ArrayIn, "*shape"], bins: int = 10
+) -> ReliabilityDiagram:
+    """Reliability diagram of probability forecasts: observed frequency against forecast
+    probability, in `bins` equal bins of [0, 1] (Wilks 2011, section 8.4.4).
+
+    Forecast ``p`` falls in bin ``min(floor(p · bins), bins − 1)``. `outcome` is binary,
+    or the frequency of the event in [0, 1] at that point (e.g. the fraction of an
+    ensemble of truths): the observed frequency of a bin is the mean outcome over its
+    forecasts either way. All entries of the arrays (of the same shape) are pooled.
+    """
+    require_count("bins", bins, "probability bins")
+    probability, outcome = _check_probability_forecast(probability, outcome, binary=False)
+    p, o = probability.reshape(-1), outcome.reshape(-1)
+    index = jnp.clip(jnp.floor(p * bins).astype(jnp.int32), 0, bins - 1)
+    counts = jnp.bincount(index, length=bins)
+    sum_p = jnp.zeros(bins, p.dtype).at[index].add(p)
+    sum_o = jnp.zeros(bins, p.dtype).at[index].add(o)
+    safe = jnp.maximum(counts, 1)
+    return ReliabilityDiagram(
+        jnp.linspace(0.0, 1.0, bins + 1, dtype=p.dtype),
+        jnp.where(counts > 0, sum_p / safe, jnp.nan),
+        jnp.where(counts > 0, sum_o / safe, jnp.nan),
+        counts,
+    )
 
 
 def summary(truth, trajectory, burn_in: int = 0) -> dict[str, float]:

@@ -168,3 +168,92 @@ def test_summary_combines_metrics():
     spread_forecast = np.mean(np.asarray(trajectory.forecast_spread)[2:])
     assert result["spread_analysis"] == pytest.approx(spread_analysis, rel=1e-13)
     assert result["spread_forecast"] == pytest.approx(spread_forecast, rel=1e-13)
+
+
+# ---------------------------------------------------------------- probability forecasts
+
+# Jitted: one compilation per shape instead of one per primitive.
+brier_score = jax.jit(metrics.brier_score, static_argnums=2)
+reliability_diagram = jax.jit(metrics.reliability_diagram, static_argnums=2)
+PROBABILITY = jnp.array([0.0, 0.25, 0.3, 0.5, 0.95, 1.0])
+OUTCOME = jnp.array([False, False, True, True, True, True])
+
+
+def test_brier_score_exact():
+    # (0 + 0.25² + 0.7² + 0.5² + 0.05² + 0) / 6 = 0.805 / 6
+    assert float(brier_score(PROBABILITY, OUTCOME)) == pytest.approx(0.805 / 6, rel=1e-14)
+    per_row = metrics.brier_score(PROBABILITY.reshape(2, 3), OUTCOME.reshape(2, 3), axis=-1)
+    np.testing.assert_allclose(per_row, [0.5525 / 3, 0.2525 / 3], rtol=1e-14)
+    # A perfect forecast scores 0; climatology q scores q(1 - q).
+    assert float(brier_score(OUTCOME.astype(float), OUTCOME)) == 0.0
+    q = float(OUTCOME.mean())
+    assert float(brier_score(jnp.full(6, q), OUTCOME)) == pytest.approx(q * (1 - q))
+
+
+def test_crps_of_a_binary_ensemble_is_the_brier_score_of_its_fraction():
+    members = jnp.array([[[1.0, 0, 1], [1, 0, 0], [0, 0, 1], [1, 1, 1]]])  # 1 time, N=4, n=3
+    truth = jnp.array([[1.0, 0, 0]])
+    fraction = members.mean(axis=1)  # 0.75, 0.25, 0.75
+    expected = (0.25**2 + 0.25**2 + 0.75**2) / 3
+    assert float(metrics.brier_score(fraction, truth)) == pytest.approx(expected, rel=1e-14)
+    assert float(metrics.crps(members, truth)[0]) == pytest.approx(expected, rel=1e-14)
+
+
+def test_reliability_diagram_exact():
+    diagram = reliability_diagram(PROBABILITY, OUTCOME, 4)
+    np.testing.assert_allclose(diagram.bin_edges, [0, 0.25, 0.5, 0.75, 1])
+    np.testing.assert_array_equal(diagram.counts, [1, 2, 1, 2])  # 0.25 opens bin 1, 1.0 closes 3
+    np.testing.assert_allclose(diagram.forecast_probability, [0, 0.275, 0.5, 0.975], rtol=1e-14)
+    np.testing.assert_allclose(diagram.observed_frequency, [0, 0.5, 1, 1], rtol=1e-14)
+    # (2 · 0.225² + 0.5² + 2 · 0.025²) / 6
+    assert float(diagram.reliability()) == pytest.approx(0.3525 / 6, rel=1e-14)
+
+
+def test_reliability_diagram_empty_bins_and_event_frequencies():
+    probability = jnp.array([0.1, 0.2, 0.9])
+    diagram = reliability_diagram(probability, jnp.array([0.0, 1.0, 1.0]), 3)
+    np.testing.assert_array_equal(diagram.counts, [2, 0, 1])
+    np.testing.assert_allclose(diagram.forecast_probability, [0.15, np.nan, 0.9], rtol=1e-14)
+    np.testing.assert_allclose(diagram.observed_frequency, [0.5, np.nan, 1.0], rtol=1e-14)
+    assert float(diagram.reliability()) == pytest.approx((2 * 0.35**2 + 0.1**2) / 3, rel=1e-14)
+    # Outcomes may be event frequencies (e.g. over an ensemble of truths).
+    frequencies = reliability_diagram(probability, jnp.array([0.2, 0.4, 1.0]), 3)
+    np.testing.assert_allclose(frequencies.observed_frequency, [0.3, np.nan, 1.0], rtol=1e-14)
+
+
+def test_bad_probability_forecasts_raise_clear_errors():
+    with pytest.raises(ValueError, match="`probability` must lie in"):
+        metrics.brier_score(jnp.array([0.5, 1.2]), jnp.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match="`outcome` must be binary"):
+        metrics.brier_score(jnp.array([0.5, 0.2]), jnp.array([0.0, 0.5]))
+    with pytest.raises(ValueError, match="`outcome` must lie in"):
+        metrics.reliability_diagram(jnp.array([0.5, 0.2]), jnp.array([0.0, 2.0]))
+    with pytest.raises((ValueError, TypeError), match="shape"):  # jaxtyping's check first
+        metrics.brier_score(jnp.array([0.5, 0.2]), jnp.array([0.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match="bins"):
+        metrics.reliability_diagram(PROBABILITY, OUTCOME, 0)
+
+
+# ---------------------------------------------------------------- energy score
+
+
+def energy_double_loop(ensemble, truth):
+    members = len(ensemble)
+    skill = np.mean([np.linalg.norm(x - truth) for x in ensemble])
+    pairs = sum(np.linalg.norm(a - b) for a in ensemble for b in ensemble)
+    return skill - 0.5 * pairs / members**2
+
+
+def test_energy_score_matches_brute_force_and_the_crps_in_one_dimension():
+    rng = np.random.default_rng(0)
+    # Three scales and an offset: the Gram-matrix form must not lose precision.
+    ensemble = rng.normal(size=(3, 7, 5)) * np.array([1.0, 10.0, 100.0])[:, None, None] + 3.0
+    truth = rng.normal(size=(3, 5))
+    result = np.asarray(jax.jit(metrics.energy_score)(jnp.asarray(ensemble), jnp.asarray(truth)))
+    assert result.shape == (3,)
+    for k in range(3):
+        np.testing.assert_allclose(result[k], energy_double_loop(ensemble[k], truth[k]), rtol=1e-10)
+    one = jnp.asarray(ensemble[0, :, :1]), jnp.asarray(truth[0, :1])
+    np.testing.assert_allclose(
+        float(metrics.energy_score(*one)), float(metrics.crps(*one)), rtol=1e-12
+    )

@@ -1,4 +1,8 @@
-"""Physical models: each is an `AbstractDynamics` with a tendency ``f(t, x, args)``."""
+"""Physical models: each is an `AbstractDynamics` with a tendency ``f(t, x, args)``.
+
+Except [`FireSpread`][] (`wildfire.py`): a stochastic cellular automaton of wildfire
+spread, stepped with explicit keys rather than integrated.
+"""
 
 from ._base import AbstractDynamics as AbstractDynamics
 from .enso import RechargeOscillator as RechargeOscillator
@@ -15,9 +19,14 @@ from .multilayer_lorenz import MultiLayerLorenz96 as MultiLayerLorenz96
 from .multilayer_lorenz import linear_forcing_profile as linear_forcing_profile
 from .qg import QG as QG
 from .two_scale_lorenz import TwoScaleLorenz96 as TwoScaleLorenz96
+from .wildfire import FireSpread as FireSpread
+from .wildfire import burnt_area as burnt_area
+from .wildfire import random_ignition as random_ignition
+from .wildfire import random_landscape as random_landscape
 
 __all__ = [
     "AbstractDynamics",
+    "FireSpread",
     "Lorenz63",
     "Lorenz96",
     "MAOOAM",
@@ -28,8 +37,11 @@ __all__ = [
     "QuadraticDynamics",
     "RechargeOscillator",
     "TwoScaleLorenz96",
+    "burnt_area",
     "euler_maruyama",
     "linear_forcing_profile",
     "monomial_exponents",
     "quadratic_exponents",
+    "random_ignition",
+    "random_landscape",
 ]
