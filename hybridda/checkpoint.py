@@ -316,6 +316,20 @@ def resume_or_init(
     return init_fn(), 0, checkpointer
 
 
+def has_checkpoint(directory: str | os.PathLike) -> bool:
+    """Whether `directory` holds a finished checkpoint (``False`` if it does not exist).
+
+    For scripts made of several checkpointed stages, whose ``--resume`` continues the
+    stages that had started and starts the others afresh:
+    ``resume_or_init(stage, init, resume=args.resume and has_checkpoint(stage))``.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return False
+    with Checkpointer(directory, create=False) as checkpointer:
+        return checkpointer.latest_step() is not None
+
+
 RUN_CONFIG_FILE = "run_config.json"
 
 

@@ -90,7 +90,7 @@ from scipy.interpolate import CubicSpline  # noqa: E402
 
 import hybridda  # noqa: E402
 from hybridda import metrics  # noqa: E402
-from hybridda.checkpoint import Checkpointer, resume_or_init  # noqa: E402
+from hybridda.checkpoint import has_checkpoint, resume_or_init  # noqa: E402
 from hybridda.dynamics import Lorenz96  # noqa: E402
 from hybridda.filters import EnKFN  # noqa: E402
 from hybridda.hybrid import NeuralDynamics, Surrogate  # noqa: E402
@@ -441,7 +441,7 @@ def train_round(surrogate, dataset, config: Config, iteration: int, directory, r
     key = jax.random.fold_in(jax.random.key(config.seed + 2), iteration)
     k_split, k_train = jax.random.split(key)
     train, validation = training_pairs(dataset, rollout, config, k_split)
-    resume = resume and directory.is_dir() and _has_checkpoint(directory)
+    resume = resume and has_checkpoint(directory)
     trainer = Trainer(
         surrogate,
         train,
@@ -461,11 +461,6 @@ def train_round(surrogate, dataset, config: Config, iteration: int, directory, r
     )
     result = trainer.fit()
     return result.model, result.history
-
-
-def _has_checkpoint(directory: Path) -> bool:
-    with Checkpointer(directory, create=False) as checkpointer:
-        return checkpointer.latest_step() is not None
 
 
 def _save_npz(path: Path, arrays: dict) -> None:

@@ -82,7 +82,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 import hybridda  # noqa: E402
 from hybridda import metrics  # noqa: E402
-from hybridda.checkpoint import Checkpointer, prepare_run_directory  # noqa: E402
+from hybridda.checkpoint import has_checkpoint, prepare_run_directory  # noqa: E402
 from hybridda.dynamics import Lorenz96, TwoScaleLorenz96  # noqa: E402
 from hybridda.filters import ETKF, Multiplicative  # noqa: E402
 from hybridda.hybrid import ResolventCorrection, TendencyCorrection  # noqa: E402
@@ -318,13 +318,6 @@ def fine_tendency(config: Config, tendency: hybridda.Resolvent) -> hybridda.Reso
     )
 
 
-def _has_checkpoint(directory: Path) -> bool:
-    if not directory.is_dir():
-        return False
-    with Checkpointer(directory, create=False) as checkpointer:
-        return checkpointer.latest_step() is not None
-
-
 def train(name, model, dataset, config: Config, directory: Path, resume: bool, progress):
     key_split, key_train = jax.random.split(jax.random.key(config.seed + 1))
     train_set, validation_set = train_validation_split(
@@ -349,7 +342,7 @@ def train(name, model, dataset, config: Config, directory: Path, resume: bool, p
         checkpoint_dir=directory,
         checkpoint_every=config.checkpoint_every,
         max_to_keep=1,
-        resume=resume and _has_checkpoint(directory),
+        resume=resume and has_checkpoint(directory),
         config={"experiment": "farchi2021_jcs", "correction": name},
         progress=progress,
     )

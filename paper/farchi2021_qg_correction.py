@@ -85,7 +85,7 @@ import numpy as np  # noqa: E402
 
 import hybridda  # noqa: E402
 from hybridda import metrics  # noqa: E402
-from hybridda.checkpoint import Checkpointer, prepare_run_directory  # noqa: E402
+from hybridda.checkpoint import has_checkpoint, prepare_run_directory  # noqa: E402
 from hybridda.dynamics import QG  # noqa: E402
 from hybridda.hybrid import ResolventCorrection  # noqa: E402
 from hybridda.learn import (  # noqa: E402
@@ -554,13 +554,6 @@ def scales(twin: Twin, analyses: np.ndarray, config: Config) -> tuple[float, flo
     )
 
 
-def _has_checkpoint(directory: Path) -> bool:
-    if not directory.is_dir():
-        return False
-    with Checkpointer(directory, create=False) as checkpointer:
-        return checkpointer.latest_step() is not None
-
-
 def train(hybrid, analyses: np.ndarray, config: Config, directory: Path, resume, progress):
     """Fit the correction to carry each window-end analysis to the next (Trainer)."""
     key_split, key_train = jax.random.split(jax.random.key(config.seed + 1))
@@ -587,7 +580,7 @@ def train(hybrid, analyses: np.ndarray, config: Config, directory: Path, resume,
         patience=config.patience,
         checkpoint_dir=directory,
         max_to_keep=1,
-        resume=resume and _has_checkpoint(directory),
+        resume=resume and has_checkpoint(directory),
         config={"experiment": "farchi2021_qg"},
         progress=progress,
     )

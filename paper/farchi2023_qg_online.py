@@ -119,7 +119,7 @@ import numpy as np  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from hybridda._parameters import partition_learnt, with_learnt  # noqa: E402
-from hybridda.checkpoint import prepare_run_directory, resume_or_init  # noqa: E402
+from hybridda.checkpoint import has_checkpoint, prepare_run_directory, resume_or_init  # noqa: E402
 from hybridda.learn import online_fourdvar  # noqa: E402
 from hybridda.variational import FourDVar  # noqa: E402
 
@@ -258,7 +258,7 @@ def learn_online(name, start_model, sigma, twin, model_set, config: Config, args
         directory,
         init_state,
         # A run that had not started when the process stopped starts afresh.
-        resume=args.resume and offline._has_checkpoint(directory),
+        resume=args.resume and has_checkpoint(directory),
         config=dataclasses.asdict(config),
         max_to_keep=2,
     )

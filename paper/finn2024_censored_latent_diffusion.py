@@ -61,6 +61,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from hybridda import metrics  # noqa: E402
+from hybridda.checkpoint import has_checkpoint  # noqa: E402
 from hybridda.generative import (  # noqa: E402
     DDIM,
     CensoredGaussian,
@@ -171,16 +172,12 @@ def _schedule(learning_rate: float, steps: int):
     return optax.cosine_decay_schedule(learning_rate, steps, alpha=0.05)
 
 
-def _has_checkpoints(directory: Path) -> bool:
-    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
-
-
 def _checkpointing(name: str, steps: int, config: Config, args) -> dict:
     directory = args.out / "checkpoints" / name
     return {
         "checkpoint_dir": directory,
         "checkpoint_every": min(config.checkpoint_every, steps),
-        "resume": args.resume and _has_checkpoints(directory),
+        "resume": args.resume and has_checkpoint(directory),
         "progress": not args.no_progress,
     }
 

@@ -69,6 +69,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from hybridda import Resolvent, metrics  # noqa: E402
+from hybridda.checkpoint import has_checkpoint  # noqa: E402
 from hybridda.dynamics import TwoScaleLorenz96  # noqa: E402
 from hybridda.generative import (  # noqa: E402
     DDIM,
@@ -316,10 +317,6 @@ def truth_climate(config: Config, truth: np.ndarray, forcings) -> dict:
 # ----------------------------------------------------------------------- training
 
 
-def _has_checkpoints(directory: Path) -> bool:
-    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
-
-
 @functools.lru_cache
 def _schedule(learning_rate: float, steps: int):
     return optax.warmup_cosine_decay_schedule(
@@ -340,7 +337,7 @@ def train(name, forecaster, pairs, key, config: Config, args):
         ema_decay=config.ema_decay,
         checkpoint_dir=directory,
         checkpoint_every=min(config.checkpoint_every, config.train_steps),
-        resume=args.resume and _has_checkpoints(directory),
+        resume=args.resume and has_checkpoint(directory),
         config={"name": name, "learning_rate": config.learning_rate},
         progress=not args.no_progress,
     )

@@ -69,6 +69,7 @@ from jaxtyping import Array, Float, PRNGKeyArray  # noqa: E402
 
 import hybridda  # noqa: E402
 from hybridda import metrics  # noqa: E402
+from hybridda.checkpoint import has_checkpoint  # noqa: E402
 from hybridda.filters import ETKF  # noqa: E402
 from hybridda.generative import (  # noqa: E402
     FineTune,
@@ -287,10 +288,6 @@ def build_models(config: Config, basis, truth_key, ensemble_key, amplitude):
 # ----------------------------------------------------------------------- the VAEs
 
 
-def _has_checkpoints(directory: Path) -> bool:
-    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
-
-
 @functools.lru_cache
 def _schedule(learning_rate: float, steps: int):
     # One object per setting: fit_vae then reuses its compiled steps across VAEs.
@@ -310,7 +307,7 @@ def train(name, vae, data, key, steps, config: Config, args) -> tuple:
         learning_rate=schedule,
         checkpoint_dir=directory,
         checkpoint_every=min(config.checkpoint_every, steps),
-        resume=args.resume and _has_checkpoints(directory),
+        resume=args.resume and has_checkpoint(directory),
         config={"name": name, "learning_rate": config.learning_rate},
         progress=not args.no_progress,
     )

@@ -69,6 +69,7 @@ import optax  # noqa: E402
 from jaxtyping import Array, Float  # noqa: E402
 
 from hybridda import metrics  # noqa: E402
+from hybridda.checkpoint import has_checkpoint  # noqa: E402
 from hybridda.dynamics import (  # noqa: E402
     FireSpread,
     burnt_area,
@@ -290,10 +291,6 @@ def parameter_count(module) -> int:
     return int(sum(a.size for a in jax.tree.leaves(eqx.filter(module, eqx.is_inexact_array))))
 
 
-def _has_checkpoints(directory: Path) -> bool:
-    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
-
-
 @functools.lru_cache
 def _schedule(learning_rate: float, steps: int):
     # One object per setting, so both trainings and a resumed run share it.
@@ -316,7 +313,7 @@ def train(name: str, diffusion: Diffusion, targets, conditions, key, config: Con
         ema_decay=config.ema_decay,
         checkpoint_dir=directory,
         checkpoint_every=min(config.checkpoint_every, config.training_steps),
-        resume=args.resume and _has_checkpoints(directory),
+        resume=args.resume and has_checkpoint(directory),
         config={"name": name, "learning_rate": config.learning_rate},
         progress=not args.no_progress,
     )

@@ -18,6 +18,7 @@ from hybridda.checkpoint import (
     Checkpointer,
     CheckpointError,
     checkpoint_directory,
+    has_checkpoint,
     prepare_run_directory,
     resume_or_init,
 )
@@ -239,9 +240,12 @@ def test_resume_without_a_checkpoint_raises_instead_of_starting_afresh(tmp_path)
 
 
 def test_fresh_start_over_an_existing_run_raises(tmp_path):
+    assert not has_checkpoint(tmp_path / "never_written") and not has_checkpoint(tmp_path)
     _, _, checkpointer = resume_or_init(tmp_path, init_state, resume=False)
+    assert not has_checkpoint(tmp_path)  # config.json only: nothing to resume yet
     checkpointer.save(5, init_state())
     checkpointer.close()
+    assert has_checkpoint(tmp_path)
     with pytest.raises(FileExistsError, match="--resume"):
         resume_or_init(tmp_path, init_state, resume=False)
 
