@@ -143,9 +143,10 @@ def test_cycled_windows_learn_the_forcing_online():
     y_windows = y.reshape(windows, L, -1)
     forcing = lambda m: m.dynamics.forcing  # noqa: E731
 
-    with pytest.raises(ValueError, match="y_windows"):  # one window, not (windows, L, p)
+    with pytest.raises(ValueError, match="y_windows"):  # windows of 2 cycles, not L = 4
+        halves = y.reshape(2 * windows, L // 2, -1)
         online_fourdvar(
-            method, start_model, observation, x0, y_windows[0], where=forcing, parameter_std=1.0
+            method, start_model, observation, x0, halves, where=forcing, parameter_std=1.0
         )
 
     state = (x0 + jax.random.normal(jax.random.key(3), (n,)), None)
