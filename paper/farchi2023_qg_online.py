@@ -485,7 +485,7 @@ def parse_args(argv):
         type=Path,
         help="checkpoints (default checkpoints/farchi2023_qg_online[-quick])",
     )
-    parser.add_argument("--quick", action="store_true", help="12 x 6 grid, a few windows")
+    parser.add_argument("--quick", action="store_true", help="20 x 10 grid, 24 windows")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoints")
     parser.add_argument("--train-windows", type=int, help="training-period windows (120)")
     parser.add_argument("--constraint", choices=("strong", "weak"), help="4D-Var (strong)")

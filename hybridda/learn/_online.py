@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, PyTree
 
+from .._checks import require_positive
 from .._parameters import check_learnt, partition_learnt
 from ..observe import AbstractObservation
 from ..variational import FourDVar, WithModelParameters
@@ -113,6 +114,8 @@ def online_fourdvar(
             f"{method.window} cycles, got {y_windows.shape}."
         )
     check_learnt(model, where)
+    # Checked here, while concrete: inside the compiled scan it would only give NaNs.
+    require_positive("parameter_std", parameter_std, "It is the parameters' prior std σ > 0.")
     if parameters is None:
         parameters = partition_learnt(model, where)[0]
     return _online_scan(

@@ -148,6 +148,10 @@ def test_cycled_windows_learn_the_forcing_online():
         online_fourdvar(
             method, start_model, observation, x0, halves, where=forcing, parameter_std=1.0
         )
+    with pytest.raises(ValueError, match="parameter_std"):  # σ = 0 would give NaN steps
+        online_fourdvar(
+            method, start_model, observation, x0, y_windows, where=forcing, parameter_std=0.0
+        )
 
     state = (x0 + jax.random.normal(jax.random.key(3), (n,)), None)
     records = []
