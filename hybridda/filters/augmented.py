@@ -57,7 +57,7 @@ from .domain_covariance import DomainCovarianceEnKF, domain_covariance_update
 from .enkf import EnKF, perturbed_observations_update
 from .inflation import AbstractInflation, NoInflation
 from .letkf import LETKF, apply_local_transforms, tapered_transforms
-from .localisation import Localisation
+from .localisation import Localisation, _as_axes
 
 
 def _optional_float_array(value):
@@ -84,12 +84,22 @@ class LocalParameters(eqx.Module):
       `coordinates`, default ``0, 1, ..., n-1``). ``None`` (default): the same
       positions as the state variables, parameter ``j`` at variable ``j``
       (``q_l = n``), e.g. one forcing per variable.
+    - `global_axes`: axes of ``(q_l, d)`` `coordinates` along which every parameter
+      acts everywhere (static; default none): e.g. one forcing per layer of
+      [`hybridda.dynamics.MultiLayerLorenz96`][] acts on its whole layer, so it is
+      global along the horizontal (axis 0) and local along the vertical (axis 1); its
+      coordinate along a global axis is ignored. Such parameters need the
+      [`hybridda.filters.DomainCovarianceEnKF`][] with local domains along the global
+      axes and covariance localisation along the others: each then gets the mean of
+      its increments over the state's domains (the rule for global parameters), with
+      its covariances tapered by the covariance localisation at its position.
     """
 
     size: int = eqx.field(static=True)
     coordinates: Float[Array, " q_l"] | Float[Array, "q_l d"] | None = eqx.field(
         default=None, converter=_optional_float_array
     )
+    global_axes: tuple[int, ...] = eqx.field(static=True, default=(), converter=_as_axes)
 
     def __check_init__(self):
         q = self.size
@@ -102,9 +112,28 @@ class LocalParameters(eqx.Module):
                 f"Local-parameter `coordinates` must have shape ({q},) or ({q}, d), one "
                 f"position per local parameter, got {self.coordinates.shape}."
             )
+        if self.global_axes:
+            c = self.coordinates
+            d = 0 if c is None or c.ndim == 1 else c.shape[1]
+            local_axes = set(range(d)) - set(self.global_axes)
+            if not all(0 <= axis < d for axis in self.global_axes) or not local_axes:
+                raise ValueError(
+                    f"`global_axes` {self.global_axes} must be axes of (q_l, d) `coordinates` "
+                    f"(0 <= axis < d), leaving at least one local axis; the coordinates have "
+                    f"shape {None if self.coordinates is None else self.coordinates.shape}."
+                )
 
     def tapers(self, localisation: Localisation, observation: AbstractObservation):
         """``(q_l, p)``: the taper between each local parameter and each observation."""
+        if self.global_axes:
+            axes = localisation.axes
+            if axes is None or set(axes) & set(self.global_axes):
+                raise ValueError(
+                    f"Local parameters global along axes {self.global_axes} have no position "
+                    f"there: a localisation measuring distances along axes "
+                    f"{'all' if axes is None else axes} cannot taper them. Localise them "
+                    "along their local axes only (Localisation(..., axes=...))."
+                )
         if self.coordinates is None:
             return localisation.state_to_obs(observation)
         return localisation.points_to_obs(self.coordinates, observation)
@@ -190,7 +219,7 @@ class AugmentedModel(eqx.Module):
             return 0
         return ravel_pytree(eqx.filter(self.model, local_spec))[0].shape[0]
 
-    def local_parameters(self, coordinates=None) -> LocalParameters:
+    def local_parameters(self, coordinates=None, global_axes=()) -> LocalParameters:
         """The [`LocalParameters`][] of this model, for [`ParameterAugmentation`][].
 
         **Arguments:**
@@ -198,6 +227,8 @@ class AugmentedModel(eqx.Module):
         - `coordinates`: the position of each local parameter, shape ``(q_l,)`` or
           ``(q_l, d)`` in the geometry of the filter's localisation; ``None``: the
           local parameters sit at the state variables (``q_l = n``).
+        - `global_axes`: axes along which each acts everywhere (see
+          [`LocalParameters`][]), e.g. ``(0,)`` for one forcing per layer.
         """
         q = self.local_parameter_size
         if q == 0:
@@ -213,14 +244,14 @@ class AugmentedModel(eqx.Module):
                     f"there must be n = {n} of them, but the model has {q}: give their "
                     "`coordinates`."
                 )
-            return LocalParameters(q)
+            return LocalParameters(q, global_axes=global_axes)
         coordinates = jnp.asarray(coordinates, dtype=float)
         if coordinates.ndim not in (1, 2) or coordinates.shape[0] != q:
             raise ValueError(
                 f"Local-parameter `coordinates` must have shape ({q},) or ({q}, d), one "
                 f"position per local parameter of the model, got {coordinates.shape}."
             )
-        return LocalParameters(q, coordinates)
+        return LocalParameters(q, coordinates, global_axes)
 
     @property
     def cycle_length(self) -> float:
@@ -427,7 +458,9 @@ class ParameterAugmentation(AbstractAnalysisMethod):
         - the [`hybridda.filters.DomainCovarianceEnKF`][]: the state and the local
           parameters by their domains (with covariance localisation inside), the
           global parameters by the mean of their increments over the state's
-          domains, without covariance taper.
+          domains, without covariance taper; local parameters global along the
+          domains' axes (`global_axes` of [`LocalParameters`][], e.g. a forcing per
+          layer) by that mean too, with the covariance taper of their position.
 
       Local parameters (Malartic, Farchi and Bocquet 2022) are thus analysed exactly
       like extra state variables at their positions.
@@ -488,6 +521,20 @@ class ParameterAugmentation(AbstractAnalysisMethod):
                 "`local_parameters` must be a LocalParameters (from AugmentedModel."
                 f"local_parameters(...)), got {type(self.local_parameters).__name__}."
             )
+        local = self.local_parameters
+        if local is not None and local.global_axes:
+            domain = getattr(self.filter, "domain", None)
+            if not isinstance(self.filter, DomainCovarianceEnKF) or (
+                domain.axes is None or not set(domain.axes) <= set(local.global_axes)
+            ):
+                raise ValueError(
+                    f"Local parameters global along axes {local.global_axes} need the "
+                    "DomainCovarianceEnKF with its `domain` localisation along those axes "
+                    f"(Localisation(..., axes={local.global_axes})); got "
+                    f"{type(self.filter).__name__}"
+                    + ("" if domain is None else f" with domain axes {domain.axes}")
+                    + "."
+                )
         std = self.parameter_noise_std
         if std is not None:
             if std.ndim > 1:
@@ -642,7 +689,24 @@ class ParameterAugmentation(AbstractAnalysisMethod):
                 return taper
             return jnp.concatenate([taper, local.tapers(localisation, observation)], axis=0)
 
-        if isinstance(enkf, DomainCovarianceEnKF):
+        if isinstance(enkf, DomainCovarianceEnKF) and local is not None and local.global_axes:
+            # Global along the domains' axes: with the global parameters (mean of the
+            # increments over the state's domains), tapered at their local position.
+            p = stats.obs_anomalies.shape[1]
+            local_taper = local.tapers(enkf.covariance, observation)
+            global_taper = jnp.ones((q - local.size, p), local_taper.dtype)
+            Z_analysis = domain_covariance_update(
+                Z_prior,
+                stats,
+                key,
+                domain_taper=enkf.domain.state_to_obs(observation),
+                covariance_taper=enkf.covariance.state_to_obs(observation),
+                obs_to_obs=enkf.covariance.obs_to_obs(observation),
+                averaged_domains=n,
+                global_covariance_taper=jnp.concatenate([local_taper, global_taper]),
+                domain_groups=enkf.domain_groups,
+            )
+        elif isinstance(enkf, DomainCovarianceEnKF):
             Z_analysis = domain_covariance_update(
                 Z_prior,
                 stats,
@@ -651,6 +715,7 @@ class ParameterAugmentation(AbstractAnalysisMethod):
                 covariance_taper=rows(enkf.covariance),
                 obs_to_obs=enkf.covariance.obs_to_obs(observation),
                 averaged_domains=n,
+                domain_groups=_with_local_rows(enkf.domain_groups, local),
             )
         else:
             taper = rows(enkf.localisation)
@@ -667,3 +732,12 @@ class ParameterAugmentation(AbstractAnalysisMethod):
                 obs_to_obs=enkf.localisation.obs_to_obs(observation),
             )
         return enkf.inflation.posterior(Z_prior, Z_analysis)
+
+
+def _with_local_rows(groups, local: LocalParameters | None):
+    """The state's shared domains extended to local parameters sitting at the state
+    variables (``coordinates=None``: parameter ``j``'s domain is variable ``j``'s)."""
+    if groups is None or local is None or local.coordinates is not None:
+        return groups
+    first, inverse = groups
+    return first, inverse + inverse

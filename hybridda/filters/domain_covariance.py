@@ -9,11 +9,14 @@ multi-layer Lorenz-96 with radiances. [`DomainCovarianceEnKF`][] is the stochast
 (perturbed-observations) version of that combination.
 """
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
+import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .._checks import concrete
 from ..observe import AbstractObservation
 from ._base import AbstractEnsembleFilter, EnsembleInnovations, ensemble_innovations
 from .enkf import observation_perturbations
@@ -67,6 +70,14 @@ class DomainCovarianceEnKF(AbstractEnsembleFilter):
     domain: Localisation
     covariance: Localisation
     inflation: AbstractInflation = NoInflation()
+    domain_groups: tuple[tuple[int, ...], tuple[int, ...]] | None = eqx.field(
+        static=True, init=False
+    )
+
+    def __post_init__(self):
+        # Variables with the same coordinates along the domain's axes (the layers of
+        # one column) share their domain: one p × p solve per distinct domain.
+        self.domain_groups = shared_domains(self.domain)
 
     def update(
         self,
@@ -84,7 +95,25 @@ class DomainCovarianceEnKF(AbstractEnsembleFilter):
             covariance_taper=self.covariance.state_to_obs(observation),
             obs_to_obs=self.covariance.obs_to_obs(observation),
             averaged_domains=observation.state_size,
+            domain_groups=self.domain_groups,
         )
+
+
+def shared_domains(localisation: Localisation):
+    """``(first, inverse)``: the state variables with distinct local domains (`first`,
+    indices) and the domain of each variable (`inverse`, indices into `first`), from
+    their coordinates along the localisation's `axes`; ``None`` when every domain is
+    distinct or the coordinates are not known at construction (traced)."""
+    coordinates = None if localisation.coordinates is None else concrete(localisation.coordinates)
+    if coordinates is None or coordinates.ndim != 2:
+        return None
+    axes = localisation.axes if localisation.axes is not None else range(coordinates.shape[1])
+    _, first, inverse = np.unique(
+        coordinates[:, list(axes)], axis=0, return_index=True, return_inverse=True
+    )
+    if len(first) == len(coordinates):
+        return None
+    return tuple(int(i) for i in first), tuple(int(i) for i in inverse.ravel())
 
 
 def domain_covariance_update(
@@ -95,12 +124,18 @@ def domain_covariance_update(
     covariance_taper: Float[Array, "m p"],
     obs_to_obs: Float[Array, "p p"],
     averaged_domains: int,
+    global_covariance_taper: Float[Array, "g p"] | None = None,
+    domain_groups: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
 ) -> Float[Array, "N columns"]:
     """[`DomainCovarianceEnKF`][]'s analysis of `E`, whose first ``m`` columns are
     local (row ``j`` of the tapers is column ``j``'s domain and covariance taper) and
-    whose other columns are global: those get the mean of their increments over the
-    first `averaged_domains` domains, without covariance taper (the rule of the
-    augmented LETKF for global parameters, applied to the stochastic update)."""
+    whose other ``g`` columns are global: those get the mean of their increments over
+    the first `averaged_domains` domains (the rule of the augmented LETKF for global
+    parameters, applied to the stochastic update), with their covariances tapered by
+    the rows of `global_covariance_taper` (default none: no taper). `domain_groups`
+    (from [`shared_domains`][]) says which of the first rows share a domain, so that
+    each distinct domain is solved once; the rows after those it covers are solved
+    one by one."""
     S, anomalies = stats.obs_anomalies, stats.anomalies
     N, p = S.shape
     m = domain_taper.shape[0]
@@ -115,12 +150,21 @@ def domain_covariance_update(
         return jsl.cho_solve(jsl.cho_factor(C), local_innovations.T)
 
     root = jnp.sqrt(domain_taper)  # (m, p)
-    G = jax.vmap(gain_factor)(root)  # (m, p, N)
+    if domain_groups is None:
+        G = jax.vmap(gain_factor)(root)  # (m, p, N)
+    else:
+        first, inverse = (np.asarray(indices) for indices in domain_groups)
+        G = jax.vmap(gain_factor)(root[first])[inverse]
+        if m > len(inverse):
+            G = jnp.concatenate([G, jax.vmap(gain_factor)(root[len(inverse) :])])
     cross = anomalies.T @ S  # (columns, p): Aᵀ S
     numerator = covariance_taper * root * cross[:m]  # (m, p): ρᶜ_j ∘ A_jᵀ S̃_j
     local_increments = jnp.einsum("jp,jpa->aj", numerator, G)  # (N, m)
     if E.shape[1] == m:
         return E + local_increments
     k = averaged_domains
-    global_increments = jnp.einsum("gp,jp,jpa->ag", cross[m:], root[:k], G[:k]) / k
+    global_cross = cross[m:]
+    if global_covariance_taper is not None:
+        global_cross = global_covariance_taper * global_cross
+    global_increments = jnp.einsum("gp,jp,jpa->ag", global_cross, root[:k], G[:k]) / k
     return E + jnp.concatenate([local_increments, global_increments], axis=1)

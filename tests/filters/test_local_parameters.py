@@ -216,6 +216,126 @@ def test_augmented_model_puts_local_parameters_first():
     assert model.local_parameters(jnp.zeros((10, 2))).coordinates.shape == (10, 2)
 
 
+# ------------------------------------------- parameters global along some axes (per layer)
+
+LAYERS, COLUMNS = 3, 8
+
+
+def _layered_problem(seed=5, members=7):
+    """A multi-layer state with radiances, and [x; θ_layer (P); θ_global (1)]."""
+    rng = np.random.default_rng(seed)
+    model = MultiLayerLorenz96(layers=LAYERS, n=COLUMNS)
+    observation = hybridda.observe.RadianceObservation(
+        hybridda.observe.radiance_weights(LAYERS, 2),
+        COLUMNS,
+        GaussianError(0.5),
+        jnp.asarray([0, 2, 3, 6]),
+    )
+    offset = np.r_[np.zeros(model.state_size), 5.0 + np.arange(LAYERS), 1.0]
+    Z = jnp.asarray(rng.standard_normal((members, model.state_size + LAYERS + 1)) + offset)
+    y = jnp.asarray(rng.standard_normal(observation.obs_size))
+
+    def loc(radius, axes):
+        return Localisation(
+            radius, coordinates=model.coordinates(), domain_length=model.domain_length(), axes=axes
+        )
+
+    return model, Z, y, observation, DomainCovarianceEnKF(loc(2.0, 0), loc(1.2, 1))
+
+
+def test_shared_domains_solve_each_column_once_with_the_same_analysis():
+    # The layers of one column share their horizontal domain: the filter solves one
+    # p x p system per column (3 x fewer here) and gathers; the analysis is the
+    # per-variable one to round-off, with local parameters at the state variables too.
+    from hybridda.filters.domain_covariance import domain_covariance_update, shared_domains
+
+    model, Z, y, observation, filter_ = _layered_problem()
+    first, inverse = filter_.domain_groups
+    assert len(first) == COLUMNS and len(inverse) == model.state_size
+    assert shared_domains(Localisation(2.0)) is None  # 1-D, every domain distinct
+    n = model.state_size
+    E = Z[:, :n]
+
+    @eqx.filter_jit
+    def both(filter_, E, y, observation):
+        stats = hybridda.filters.ensemble_innovations(E, y, observation)
+        tapers = dict(
+            domain_taper=filter_.domain.state_to_obs(observation),
+            covariance_taper=filter_.covariance.state_to_obs(observation),
+            obs_to_obs=filter_.covariance.obs_to_obs(observation),
+            averaged_domains=n,
+        )
+        return [
+            domain_covariance_update(E, stats, KEY, **tapers, domain_groups=groups)
+            for groups in ((first, inverse), None)
+        ]
+
+    grouped, plain = both(filter_, E, y, observation)
+    np.testing.assert_allclose(grouped, plain, rtol=0, atol=1e-12)
+    # Local parameters at the state variables reuse the groups; explicit coordinates
+    # (the same positions) are solved one by one: same analysis.
+    Zl = jnp.concatenate([E, E[:, ::-1] + 8.0], axis=1)
+    at_state, explicit = analyse_all(
+        [
+            (ParameterAugmentation(filter_, local_parameters=local), Zl, y, observation)
+            for local in (LocalParameters(n), LocalParameters(n, model.coordinates()))
+        ],
+        KEY,
+    )
+    np.testing.assert_allclose(at_state, explicit, rtol=0, atol=1e-11)
+    assert np.abs(np.asarray(at_state - Zl)).max(axis=0)[n:].min() > 1e-4
+
+
+def test_a_per_layer_parameter_is_the_mean_of_copies_in_every_column():
+    # One forcing per layer, global along the horizontal (axis 0): it gets the mean of
+    # its increments over the state's domains, tapered vertically at its layer. Oracle:
+    # a local copy of it in every column of its layer (a local parameter at (i, z),
+    # analysed like a state variable there), averaged over the columns; the state and
+    # the global parameter are unchanged by the parameters' layout.
+    model, Z, y, observation, filter_ = _layered_problem()
+    n = model.state_size
+    layer_position = np.stack([np.zeros(LAYERS), np.arange(LAYERS)], axis=1)
+    per_layer = LocalParameters(LAYERS, layer_position, global_axes=(0,))
+    z, i = np.meshgrid(np.arange(LAYERS), np.arange(COLUMNS), indexing="ij")
+    copies = LocalParameters(LAYERS * COLUMNS, np.stack([i.ravel(), z.ravel()], axis=1))
+    layer_block = Z[:, n : n + LAYERS]
+    Z_copies = jnp.concatenate([Z[:, :n], jnp.repeat(layer_block, COLUMNS, axis=1), Z[:, -1:]], 1)
+    ours, copied = analyse_all(
+        [
+            (ParameterAugmentation(filter_, local_parameters=per_layer), Z, y, observation),
+            (ParameterAugmentation(filter_, local_parameters=copies), Z_copies, y, observation),
+        ],
+        KEY,
+    )
+    np.testing.assert_allclose(ours[:, :n], copied[:, :n], rtol=0, atol=1e-11)
+    column_mean = copied[:, n:-1].reshape(-1, LAYERS, COLUMNS).mean(axis=-1)
+    np.testing.assert_allclose(ours[:, n : n + LAYERS], column_mean, rtol=0, atol=1e-11)
+    np.testing.assert_allclose(ours[:, -1], copied[:, -1], rtol=0, atol=1e-11)
+    # Not vacuous: the vertical taper acts (layers 0 and 2 move differently).
+    moved = np.abs(np.asarray(ours - Z)).max(axis=0)[n : n + LAYERS]
+    assert moved.min() > 1e-3
+
+
+def test_parameters_global_along_an_axis_need_domains_along_it():
+    model, Z, y, observation, filter_ = _layered_problem()
+    position = np.stack([np.zeros(LAYERS), np.arange(LAYERS)], axis=1)
+    with pytest.raises(ValueError, match="`global_axes` \\(0, 1\\).*at least one local axis"):
+        LocalParameters(LAYERS, position, global_axes=(0, 1))
+    with pytest.raises(ValueError, match="`global_axes` \\(2,\\)"):
+        LocalParameters(LAYERS, position, global_axes=2)
+    per_layer = LocalParameters(LAYERS, position, global_axes=0)
+    assert per_layer.global_axes == (0,)
+    with pytest.raises(ValueError, match="need the DomainCovarianceEnKF.*got EnKF"):
+        ParameterAugmentation(EnKF(localisation=filter_.covariance), local_parameters=per_layer)
+    vertical_domains = DomainCovarianceEnKF(filter_.covariance, filter_.domain)
+    with pytest.raises(ValueError, match="axes=\\(0,\\).*domain axes \\(1,\\)"):
+        ParameterAugmentation(vertical_domains, local_parameters=per_layer)
+    everywhere = eqx.tree_at(lambda f: f.covariance, filter_, filter_.domain)
+    method = ParameterAugmentation(everywhere, local_parameters=per_layer)
+    with pytest.raises(ValueError, match="no position there.*axes \\(0,\\)"):
+        method.analysis(Z, y, observation, KEY)
+
+
 # ------------------------------------------------------------------------ bad input
 
 
