@@ -32,17 +32,25 @@ Case (b), multi-layer Lorenz-96 with radiances (section 5 of the paper):
 
 - truth: `hybridda.dynamics.MultiLayerLorenz96` (8 layers × 20 columns,
   vertical diffusion Ω = 1), forcing decreasing linearly with height from 8 to 4;
-  observed through `hybridda.observe.RadianceObservation` (``--channels`` channels above
-  every other column, std 0.5): vertical weighted averages, non-local observations;
-- surrogate: the same model with one learnt local forcing ``F_{z,i}`` per variable
-  (prior: 6 everywhere, std 1);
+  observed through `hybridda.observe.RadianceObservation` (``--channels`` channels,
+  default 8, above every ``--column-step``-th column, default every other one, std
+  0.5): vertical weighted averages, non-local observations;
+- surrogate (``--local-forcing layer``, default): the same model with one learnt
+  forcing ``F_z`` per layer (prior 6 everywhere, std 1) and the vertical coupling Ω
+  learnt too (prior 0.5, std 0.2): ``F_z`` is a local parameter in the vertical and a
+  global one in the horizontal (`hybridda.filters.LocalParameters` with
+  ``global_axes=(0,)``), Ω a global parameter (the dynamics);
+  ``--local-forcing variable``: one forcing ``F_{z,i}`` per variable (160), Ω known;
 - filter: `hybridda.filters.DomainCovarianceEnKF`, domain localisation in the
   horizontal (radius ``--horizontal-radius`` columns) and covariance localisation in
   the vertical (radius ``--vertical-radius`` layers, radiances at their channel's mean
-  height), as the paper (after Farchi and Bocquet 2019) does for radiances; N = 16,
-  multiplicative inflation 1.05 of the state only, and a random walk of std 0.02 per
-  cycle of the forcings (without it their spread collapsed within 200 cycles, from 0.8
-  to 0.007, and learning stopped; inflating them as well made them diverge).
+  height), as the paper (after Farchi and Bocquet 2019) does for radiances: the state
+  and per-variable forcings by their domains, the per-layer forcings and Ω by the mean
+  of their increments over the domains, the forcings' covariances tapered vertically
+  at their layer; N = 16, multiplicative inflation 1.05 of the state only, and a random
+  walk of std 0.01 per cycle of the forcings (0.002 of Ω): without it their spread
+  collapsed within 200 cycles (0.8 to 0.007) and learning stopped; inflating them as
+  well made them diverge.
 
 Every filter is compared with the same filter run with the true model on the same
 observations: the surrogate holding the true parameters with zero spread (its state
@@ -156,14 +164,19 @@ class Config:
     # (b) multi-layer Lorenz-96 with radiances
     layers: int = 8
     columns: int = 20
-    channels: int = 4
+    channels: int = 8
+    column_step: int = 2
     radiance_std: float = 0.5
     ensemble_size_b: int = 16
     horizontal_radius: float = 3.0
     vertical_radius: float = 2.0
     inflation_b: float = 1.05
     parameter_inflation_b: float = 1.0
-    forcing_noise_std_b: float = 0.02
+    forcing_noise_std_b: float = 0.01
+    local_forcing: str = "layer"
+    coupling_prior_mean_b: float = 0.5
+    coupling_prior_std_b: float = 0.2
+    coupling_noise_std_b: float = 0.002
     forcing_prior_mean_b: float = 6.0
     forcing_prior_std_b: float = 1.0
     cycles_b: int = 10000
@@ -181,22 +194,29 @@ class Config:
             raise ValueError("Ensemble sizes must be >= 2.")
         if min(self.coefficient_prior_std, self.forcing_prior_std, self.forcing_prior_std_b) <= 0:
             raise ValueError("Prior stds (`--*-prior-std`) must be > 0.")
+        if self.local_forcing not in ("layer", "variable"):
+            raise ValueError(
+                f"`--local-forcing` must be 'layer' or 'variable', got {self.local_forcing!r}."
+            )
+        if self.column_step < 1:
+            raise ValueError(f"`--column-step` must be >= 1, got {self.column_step}.")
+        if (
+            self.coupling_prior_std_b <= 0
+            or min(self.forcing_noise_std_b, self.coupling_noise_std_b) < 0
+        ):
+            raise ValueError("The coupling's prior std must be > 0 and random walks >= 0.")
         if min(self.cycles, self.cycles_b) < 20 or self.chunk < 1:
             raise ValueError("Need `--cycles` >= 20 and `--chunk` >= 1.")
 
 
 # Case (a) only, 300 cycles: within the test budget (case (b) compiles two more
-# programs; `--quick --cases a,b` runs it too, on 4 layers x 12 columns, 100 cycles).
+# programs; `--quick --cases a,b` runs it too, on the full grid for 1000 cycles).
 QUICK = {
     "cases": ("a",),
     "cycles": 300,
-    "cycles_b": 100,
-    "chunk": 300,
+    "cycles_b": 1000,
+    "chunk": 1000,
     "spin_up_cycles": 200,
-    "ensemble_size_b": 10,
-    "columns": 12,
-    "layers": 4,
-    "channels": 2,
 }
 
 
@@ -204,7 +224,9 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0, help="truth, noise and ensemble seed")
     parser.add_argument("--out", type=Path, default=Path("runs/malartic2022"))
-    parser.add_argument("--quick", action="store_true", help="case (a), 300 cycles (seconds)")
+    parser.add_argument(
+        "--quick", action="store_true", help="300 cycles of (a), 1000 of (b) (seconds)"
+    )
     parser.add_argument("--cases", help="comma-separated cases to run: a (L96), b (multi-layer)")
     parser.add_argument("--cycles", type=int, help="cycles of case (a) (default 20000)")
     parser.add_argument("--cycles-b", type=int, help="cycles of case (b) (default 10000)")
@@ -216,6 +238,18 @@ def parse_args(argv):
     parser.add_argument("--forcing-prior-std", type=float, help="case (a) (1)")
     parser.add_argument("--horizontal-radius", type=float, help="case (b), columns (3)")
     parser.add_argument("--vertical-radius", type=float, help="case (b), layers (2)")
+    parser.add_argument("--channels", type=int, help="radiance channels, case (b) (8)")
+    parser.add_argument("--column-step", type=int, help="observe every k-th column, (b) (2)")
+    parser.add_argument("--ensemble-size-b", type=int, help="members, case (b) (16)")
+    parser.add_argument(
+        "--local-forcing",
+        choices=("layer", "variable"),
+        help="case (b): one forcing per layer with the coupling learnt too (default), or "
+        "one per variable with the coupling known",
+    )
+    parser.add_argument(
+        "--forcing-noise-std-b", type=float, help="random walk of the forcings, (b) (0.01)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser.parse_args(argv)
 
@@ -234,6 +268,11 @@ def main(argv=None) -> dict:
         "forcing_prior_std",
         "horizontal_radius",
         "vertical_radius",
+        "channels",
+        "column_step",
+        "ensemble_size_b",
+        "local_forcing",
+        "forcing_noise_std_b",
     ):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
@@ -320,23 +359,45 @@ def multilayer_twin(config: Config, key):
     """Case (b): multi-layer truth with F decreasing with height, radiances, surrogate."""
     P, n = config.layers, config.columns
     true_forcing = np.broadcast_to(np.linspace(8.0, 4.0, P)[:, None], (P, n))
-    truth_dynamics = MultiLayerLorenz96(layers=P, n=n, forcing=true_forcing)
+    truth_dynamics = MultiLayerLorenz96(layers=P, n=n, forcing=jnp.asarray(true_forcing))
     truth_model = hybridda.Resolvent(truth_dynamics, config.dt)
     observation = RadianceObservation(
         radiance_weights(P, config.channels),
         n,
         GaussianError(config.radiance_std),
-        np.arange(0, n, 2),
+        jnp.arange(0, n, config.column_step),
     )
-    surrogate = MultiLayerLorenz96(
-        layers=P, n=n, forcing=np.full((P, n), config.forcing_prior_mean_b)
-    )
-    model = AugmentedModel(
-        hybridda.Resolvent(surrogate, config.dt),
-        where=lambda m: m.dynamics.forcing,
-        local_where=lambda m: m.dynamics.forcing,
-    )
-    true_theta = true_forcing.ravel()
+    if config.local_forcing == "variable":  # one forcing per variable, Ω known
+        surrogate = MultiLayerLorenz96(
+            layers=P, n=n, forcing=jnp.full((P, n), config.forcing_prior_mean_b)
+        )
+        model = AugmentedModel(
+            hybridda.Resolvent(surrogate, config.dt),
+            where=lambda m: m.dynamics.forcing,
+            local_where=lambda m: m.dynamics.forcing,
+        )
+        true_theta = true_forcing.ravel()
+        prior_std = np.full(P * n, config.forcing_prior_std_b)
+        noise_std = np.full(P * n, config.forcing_noise_std_b)
+        local = model.local_parameters()
+    else:  # one forcing per layer (local vertically, global horizontally), Ω learnt
+        surrogate = MultiLayerLorenz96(
+            layers=P,
+            n=n,
+            forcing=jnp.full(P, config.forcing_prior_mean_b),
+            coupling=config.coupling_prior_mean_b,
+        )
+        model = AugmentedModel(
+            hybridda.Resolvent(surrogate, config.dt),
+            where=lambda m: (m.dynamics.forcing, m.dynamics.coupling),
+            local_where=lambda m: m.dynamics.forcing,
+        )
+        true_theta = np.append(true_forcing[:, 0], truth_dynamics.coupling)
+        prior_std = np.append(np.full(P, config.forcing_prior_std_b), config.coupling_prior_std_b)
+        noise_std = np.append(np.full(P, config.forcing_noise_std_b), config.coupling_noise_std_b)
+        # Layer z at (0, z): its horizontal coordinate is ignored (global along axis 0).
+        layer_position = np.stack([np.zeros(P), np.arange(P)], axis=1)
+        local = model.local_parameters(layer_position, global_axes=(0,))
     twin = _simulate_twin(
         config,
         truth_model,
@@ -345,12 +406,14 @@ def multilayer_twin(config: Config, key):
         config.cycles_b,
         key,
         config.ensemble_size_b,
-        np.full(P * n, config.forcing_prior_std_b),
+        prior_std,
         true_theta,
     )
     return twin | {
         "true_theta": true_theta,
-        "local_size": P * n,
+        "local_size": local.size,
+        "local_parameters": local,
+        "parameter_noise_std": noise_std,
         "coordinates": truth_dynamics.coordinates(),
         "domain_length": truth_dynamics.domain_length(),
     }
@@ -398,7 +461,8 @@ def build_method(config: Config, twin, name: str) -> ParameterAugmentation:
     only (inflating the forcings by 1.05 or 1.02 every cycle made them diverge), and a
     random walk keeps the forcings' spread alive."""
     model, observation = twin["model"], twin["observation"]
-    local = model.local_parameters()  # one forcing per state variable, at its position
+    # Case (a): one forcing per state variable, at its position; case (b): the twin's.
+    local = twin.get("local_parameters", None) or model.local_parameters()
     if name == "letkf":
         localisation = Localisation(config.radius)
         filter_ = LETKF(localisation, domains=localisation.local_domains(observation))
@@ -428,7 +492,7 @@ def build_method(config: Config, twin, name: str) -> ParameterAugmentation:
         filter_,
         state_inflation=multiplicative(inflation),
         parameter_inflation=multiplicative(config.parameter_inflation_b),
-        parameter_noise_std=config.forcing_noise_std_b or None,
+        parameter_noise_std=twin["parameter_noise_std"],
         local_parameters=local,
     )
 
@@ -512,7 +576,7 @@ def run_filter(config: Config, twin, name: str, case: str):
     result["local_forcing_pattern_error_initial"] = float(np.std(true_forcing))  # flat prior
     result["local_forcing_mean_offset"] = float(learnt_forcing.mean() - true_forcing.mean())
     if case == "b":  # the vertical profile: the mean over the columns of each layer
-        shape = (config.layers, config.columns)
+        shape = (config.layers, -1)  # (P, n) per variable, (P, 1) per layer
         learnt_profile = learnt_forcing.reshape(shape).mean(axis=1)
         true_profile = true_forcing.reshape(shape).mean(axis=1)
         result["forcing_profile_learnt"] = [float(v) for v in learnt_profile]
@@ -559,7 +623,8 @@ def _figure(path, config, results, series):
         ax = row[0]
         ax.semilogy(cycles, history["local_forcing_error"], label="local forcing RMSE")
         if "coefficient_error" in history:
-            ax.semilogy(cycles, history["coefficient_error"], label="global coefficient RMSE")
+            label = "global coefficient RMSE" if run.startswith("a") else "coupling Ω error"
+            ax.semilogy(cycles, history["coefficient_error"], label=label)
         ax.set_xlabel("cycle")
         ax.set_title(f"({run[0]}) {run[2:]}: parameter errors")
         ax.legend(fontsize=8)
@@ -593,7 +658,8 @@ def _figure(path, config, results, series):
             )
             layers = np.arange(shape[0])
             ax.plot(true.reshape(shape).mean(axis=1), layers, "k--", label="truth")
-            ax.plot(learnt.reshape(shape).mean(axis=1), layers, label="learnt, column mean")
+            label = "learnt, column mean" if shape[1] > 1 else "learnt (per layer)"
+            ax.plot(learnt.reshape(shape).mean(axis=1), layers, label=label)
             spread = learnt.reshape(shape).std(axis=1)
             ax.fill_betweenx(
                 layers,
@@ -639,6 +705,8 @@ def _print_table(results):
             f"{result['rmse_analysis_online']:.3f} vs {result['rmse_analysis_true_model']:.3f}"
             f"  ({result['seconds']:.0f} s)"
         )
+        if run.startswith("b") and "learnt_coefficients" in result:
+            print(f"{'':<20} coupling Ω learnt {result['learnt_coefficients'][0]:.3f} (truth 1)")
         if "forcing_profile_correlation" in result:
             print(
                 f"{'':<20} vertical profile (column means): RMSE "
