@@ -93,6 +93,7 @@ import numpy as np  # noqa: E402
 from jaxtyping import Array, Float  # noqa: E402
 
 import hybridda  # noqa: E402
+from hybridda import metrics  # noqa: E402
 from hybridda.dynamics import (  # noqa: E402
     AbstractDynamics,
     Lorenz96,
@@ -181,6 +182,10 @@ class Config:
     forcing_prior_std_b: float = 1.0
     cycles_b: int = 10000
     chunk: int = 1000
+    forecast_starts: int = 50
+    forecast_leads: int = 100
+    forecast_leads_b: int = 300  # slower error growth (λ ≈ 0.6 against 1.6)
+    lyapunov_cycles: int = 2000
     spin_up_cycles: int = 500
     initial_spread: float = 1.0
     seed: int = 0
@@ -205,8 +210,27 @@ class Config:
             or min(self.forcing_noise_std_b, self.coupling_noise_std_b) < 0
         ):
             raise ValueError("The coupling's prior std must be > 0 and random walks >= 0.")
-        if min(self.cycles, self.cycles_b) < 20 or self.chunk < 1:
-            raise ValueError("Need `--cycles` >= 20 and `--chunk` >= 1.")
+        for case, flag, cycles, leads in (
+            ("a", "--cycles", self.cycles, self.forecast_leads),
+            ("b", "--cycles-b", self.cycles_b, self.forecast_leads_b),
+        ):
+            if case in self.cases and cycles < 2 * leads:
+                raise ValueError(
+                    f"Need `{flag}` >= {2 * leads} (twice the forecast leads of case ({case}): "
+                    f"forecasts start in the second half), got {cycles}."
+                )
+        if self.chunk < 1:
+            raise ValueError(f"`--chunk` must be >= 1, got {self.chunk}.")
+        if (
+            min(
+                self.forecast_starts,
+                self.forecast_leads,
+                self.forecast_leads_b,
+                self.lyapunov_cycles,
+            )
+            < 1
+        ):
+            raise ValueError("Forecast starts, leads and Lyapunov cycles must be >= 1.")
 
 
 # Case (a) only, 300 cycles: within the test budget (case (b) compiles two more
@@ -217,6 +241,8 @@ QUICK = {
     "cycles_b": 1000,
     "chunk": 1000,
     "spin_up_cycles": 200,
+    "forecast_starts": 20,
+    "lyapunov_cycles": 500,
 }
 
 
@@ -442,6 +468,7 @@ def _simulate_twin(
     truth, y, initial, reference = twin()
     return {
         "model": model,
+        "truth_model": truth_model,
         "observation": observation,
         "truth": truth,
         "y": y,
@@ -590,6 +617,14 @@ def run_filter(config: Config, twin, name: str, case: str):
         result["forcing_profile_correlation"] = float(
             np.corrcoef(learnt_profile, true_profile)[0, 1]
         )
+    skill = _surrogate_skill(
+        config,
+        twin,
+        jnp.asarray(theta[0, last:].mean(axis=0)),
+        jnp.asarray(states[0]),
+        config.forecast_leads if case == "a" else config.forecast_leads_b,
+    )
+    result["valid_time"] = skill
     history = {
         "local_forcing_error": np.asarray(local_error),
         "rmse_analysis": np.asarray(rmse[0]),
@@ -603,6 +638,47 @@ def run_filter(config: Config, twin, name: str, case: str):
         result["learnt_coefficients"] = [float(v) for v in theta[0, last:, q_local:].mean(0)]
         history["coefficient_error"] = np.asarray(global_error)
     return result, history
+
+
+def _surrogate_skill(config: Config, twin, theta, analyses, leads: int) -> dict:
+    """Valid time of the learnt surrogate (the parameters' mean over the last tenth of
+    the cycles): forecasts from the online analyses at `forecast_starts` cycles of the
+    second half and from the true states there, against the true model from the same
+    analyses; normalised RMSE threshold 0.5, in model time and Lyapunov times of the
+    truth (leading exponent from `lyapunov_cycles` cycles)."""
+    truth = twin["truth"]
+    K = truth.shape[0]
+    starts = jnp.asarray(np.linspace(K // 2, K - 1 - leads, config.forecast_starts).astype(int))
+    curves, exponent = _skill_curves(
+        twin["model"], twin["truth_model"], theta, truth, analyses, starts, leads, config
+    )
+    valid = {}
+    cycle = twin["truth_model"].cycle_length
+    for name, curve in zip(
+        ("learnt_surrogate", "true_model", "learnt_from_truth"), curves, strict=True
+    ):
+        times = metrics.valid_time(curve, cycle, exponent)
+        valid[name] = float(times.lyapunov_time)
+        valid[f"{name}_exceeded"] = bool(times.exceeded)
+    valid["lyapunov_exponent"] = float(exponent)
+    return valid
+
+
+@eqx.filter_jit
+def _skill_curves(model, truth_model, theta, truth, analyses, starts, leads, config):
+    """Normalised RMSE vs lead of the learnt surrogate and of the true model from the
+    analyses, and of the surrogate from the truth; the truth's leading exponent."""
+    surrogate = model.with_parameters(theta)
+    climatology = metrics.climatological_std(truth)
+    initial = analyses[starts]
+    curves = [
+        metrics.forecast_skill(m, truth, starts, leads, x, climatology).normalised_rmse
+        for m, x in ((surrogate, initial), (truth_model, initial), (surrogate, truth[starts]))
+    ]
+    exponent = metrics.lyapunov_spectrum(
+        truth_model, truth[0], config.lyapunov_cycles, count=1, key=jax.random.key(config.seed)
+    )[0]
+    return curves, exponent
 
 
 def _rms(values, axis=-1):
@@ -707,6 +783,12 @@ def _print_table(results):
         )
         if run.startswith("b") and "learnt_coefficients" in result:
             print(f"{'':<20} coupling Ω learnt {result['learnt_coefficients'][0]:.3f} (truth 1)")
+        valid = result["valid_time"]
+        print(
+            f"{'':<20} valid time (Lyapunov times): learnt "
+            f"{valid['learnt_surrogate']:.2f}, true model {valid['true_model']:.2f} "
+            f"(from the analyses), learnt from the truth {valid['learnt_from_truth']:.2f}"
+        )
         if "forcing_profile_correlation" in result:
             print(
                 f"{'':<20} vertical profile (column means): RMSE "
