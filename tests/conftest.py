@@ -84,6 +84,7 @@ HEAVY_FILES_FIRST = (
     "tests/test_gradients_benchmark.py",
     "tests/paper/test_farchi2021_jcs_online.py",
     "tests/paper/test_farchi2021_jcs.py",
+    "tests/paper/test_malartic2022.py",
     "tests/paper/test_bocquet2020_em.py",
     "tests/paper/test_yu2025.py",
     "tests/paper/test_finn2025_gensim.py",
