@@ -704,7 +704,7 @@ class ParameterAugmentation(AbstractAnalysisMethod):
                 obs_to_obs=enkf.covariance.obs_to_obs(observation),
                 averaged_domains=n,
                 global_covariance_taper=jnp.concatenate([local_taper, global_taper]),
-                domain_groups=enkf.domain_groups,
+                domain_groups=enkf.current_domain_groups(),
             )
         elif isinstance(enkf, DomainCovarianceEnKF):
             Z_analysis = domain_covariance_update(
@@ -715,7 +715,7 @@ class ParameterAugmentation(AbstractAnalysisMethod):
                 covariance_taper=rows(enkf.covariance),
                 obs_to_obs=enkf.covariance.obs_to_obs(observation),
                 averaged_domains=n,
-                domain_groups=_with_local_rows(enkf.domain_groups, local),
+                domain_groups=_with_local_rows(enkf.current_domain_groups(), local),
             )
         else:
             taper = rows(enkf.localisation)

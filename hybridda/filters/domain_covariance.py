@@ -44,10 +44,15 @@ class DomainCovarianceEnKF(AbstractEnsembleFilter):
     `covariance` radius it is a stochastic local EnKF (domain localisation only).
 
     Each domain solves one ``p × p`` system with every observation (tapers of zero
-    leave an observation out), so a cycle costs ``O(n p³)``: for the small rings of
-    the paper experiments, not for large networks. Variables of one column share their
-    domain (the horizontal taper), so their analyses are those of one column analysis
-    with vertical covariance localisation, as in Farchi and Bocquet (2019).
+    leave an observation out). Variables with the same coordinates along the domain's
+    axes (the layers of one column) share their domain, so that system is solved once
+    per distinct domain (`domain_groups`, found at construction from the coordinates):
+    a cycle costs ``O(d p³)`` for ``d`` distinct domains (the columns), for the small
+    rings of the paper experiments, not for large networks. The analyses of a column's
+    variables are those of one column analysis with vertical covariance localisation,
+    as in Farchi and Bocquet (2019). Build a new filter, rather than `eqx.tree_at`,
+    to change the domain's coordinates: the groups are not recomputed (a changed
+    `axes` or number of variables is detected and falls back to one solve per variable).
 
     **Arguments:**
 
@@ -73,11 +78,27 @@ class DomainCovarianceEnKF(AbstractEnsembleFilter):
     domain_groups: tuple[tuple[int, ...], tuple[int, ...]] | None = eqx.field(
         static=True, init=False
     )
+    _groups_axes: tuple[int, ...] | None = eqx.field(static=True, init=False)
 
     def __post_init__(self):
         # Variables with the same coordinates along the domain's axes (the layers of
         # one column) share their domain: one p × p solve per distinct domain.
         self.domain_groups = shared_domains(self.domain)
+        self._groups_axes = self.domain.axes
+
+    def current_domain_groups(self):
+        """`domain_groups` if they still describe `domain` (same `axes`, same number of
+        variables), else ``None``: after an `eqx.tree_at` that swapped the domain."""
+        groups = self.domain_groups
+        coordinates = self.domain.coordinates
+        if (
+            groups is None
+            or self.domain.axes != self._groups_axes
+            or coordinates is None
+            or coordinates.shape[0] != len(groups[1])
+        ):
+            return None
+        return groups
 
     def update(
         self,
@@ -95,7 +116,7 @@ class DomainCovarianceEnKF(AbstractEnsembleFilter):
             covariance_taper=self.covariance.state_to_obs(observation),
             obs_to_obs=self.covariance.obs_to_obs(observation),
             averaged_domains=observation.state_size,
-            domain_groups=self.domain_groups,
+            domain_groups=self.current_domain_groups(),
         )
 
 

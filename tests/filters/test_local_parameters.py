@@ -253,6 +253,11 @@ def test_shared_domains_solve_each_column_once_with_the_same_analysis():
     first, inverse = filter_.domain_groups
     assert len(first) == COLUMNS and len(inverse) == model.state_size
     assert shared_domains(Localisation(2.0)) is None  # 1-D, every domain distinct
+    # Groups are found at construction: an eqx.tree_at that swaps the domain for one
+    # along the other axis is detected (one solve per variable, never stale groups).
+    swapped = eqx.tree_at(lambda f: f.domain, filter_, filter_.covariance)
+    assert swapped.current_domain_groups() is None
+    assert len(DomainCovarianceEnKF(filter_.covariance, filter_.domain).domain_groups[0]) == LAYERS
     n = model.state_size
     E = Z[:, :n]
 
