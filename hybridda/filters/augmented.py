@@ -689,33 +689,33 @@ class ParameterAugmentation(AbstractAnalysisMethod):
                 return taper
             return jnp.concatenate([taper, local.tapers(localisation, observation)], axis=0)
 
-        if isinstance(enkf, DomainCovarianceEnKF) and local is not None and local.global_axes:
-            # Global along the domains' axes: with the global parameters (mean of the
-            # increments over the state's domains), tapered at their local position.
-            p = stats.obs_anomalies.shape[1]
-            local_taper = local.tapers(enkf.covariance, observation)
-            global_taper = jnp.ones((q - local.size, p), local_taper.dtype)
+        if isinstance(enkf, DomainCovarianceEnKF):
+            groups = enkf.current_domain_groups()
+            if local is not None and local.global_axes:
+                # Global along the domains' axes: with the global parameters (mean of
+                # the increments over the state's domains), tapered at their position.
+                domain_taper = enkf.domain.state_to_obs(observation)
+                covariance_taper = enkf.covariance.state_to_obs(observation)
+                local_taper = local.tapers(enkf.covariance, observation)
+                global_taper = jnp.concatenate(
+                    [
+                        local_taper,
+                        jnp.ones((q - local.size, local_taper.shape[1]), local_taper.dtype),
+                    ]
+                )
+            else:
+                domain_taper, covariance_taper = rows(enkf.domain), rows(enkf.covariance)
+                global_taper, groups = None, _with_local_rows(groups, local)
             Z_analysis = domain_covariance_update(
                 Z_prior,
                 stats,
                 key,
-                domain_taper=enkf.domain.state_to_obs(observation),
-                covariance_taper=enkf.covariance.state_to_obs(observation),
+                domain_taper=domain_taper,
+                covariance_taper=covariance_taper,
                 obs_to_obs=enkf.covariance.obs_to_obs(observation),
                 averaged_domains=n,
-                global_covariance_taper=jnp.concatenate([local_taper, global_taper]),
-                domain_groups=enkf.current_domain_groups(),
-            )
-        elif isinstance(enkf, DomainCovarianceEnKF):
-            Z_analysis = domain_covariance_update(
-                Z_prior,
-                stats,
-                key,
-                domain_taper=rows(enkf.domain),
-                covariance_taper=rows(enkf.covariance),
-                obs_to_obs=enkf.covariance.obs_to_obs(observation),
-                averaged_domains=n,
-                domain_groups=_with_local_rows(enkf.current_domain_groups(), local),
+                global_covariance_taper=global_taper,
+                domain_groups=groups,
             )
         else:
             taper = rows(enkf.localisation)
