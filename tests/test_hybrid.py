@@ -1,6 +1,8 @@
 """Hybrid models: zero corrections are the physics bit for bit, the right correction is the
 true model, cycling through `assimilate` / 4D-Var, gradients against finite differences."""
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -41,8 +43,14 @@ def small_cnn(seed=0, readout_weight=None, readout_bias=None):
     return net
 
 
-ZERO_CNN = small_cnn(readout_weight=0.0, readout_bias=0.0)  # c(x) = 0 exactly
-CONSTANT_TWO_CNN = small_cnn(readout_weight=0.0, readout_bias=2.0)  # c(x) = 2 exactly
+@functools.cache  # built on first use, not at collection (every xdist worker collects all)
+def zero_cnn():
+    return small_cnn(readout_weight=0.0, readout_bias=0.0)  # c(x) = 0 exactly
+
+
+@functools.cache
+def constant_two_cnn():
+    return small_cnn(readout_weight=0.0, readout_bias=2.0)  # c(x) = 2 exactly
 
 
 @eqx.filter_jit
@@ -78,7 +86,7 @@ def twin():
 def test_zero_tendency_correction_is_the_physical_model_bit_for_bit(twin, steps):
     _, x0, _, E0 = twin
     physical = Resolvent(Lorenz96(n=N_STATE), dt=DT, steps_per_cycle=steps)
-    hybrid = Resolvent(TendencyCorrection(physical.dynamics, ZERO_CNN), DT, steps)
+    hybrid = Resolvent(TendencyCorrection(physical.dynamics, zero_cnn()), DT, steps)
     np.testing.assert_array_equal(step(hybrid, x0), step(physical, x0))
     np.testing.assert_array_equal(step_ensemble(hybrid, E0), step_ensemble(physical, E0))
 
@@ -88,7 +96,7 @@ def test_tendency_correction_of_the_forcing_error_is_the_true_model(twin, steps)
     # Truth F = 8, physics F = 6: the missing tendency is the constant 2.
     _, x0, _, E0 = twin
     truth = Resolvent(Lorenz96(n=N_STATE, forcing=8.0), dt=DT, steps_per_cycle=steps)
-    hybrid = Resolvent(TendencyCorrection(Lorenz96(n=N_STATE, forcing=6.0), CONSTANT_TWO_CNN))
+    hybrid = Resolvent(TendencyCorrection(Lorenz96(n=N_STATE, forcing=6.0), constant_two_cnn()))
     hybrid = Resolvent(hybrid.dynamics, dt=DT, steps_per_cycle=steps)
     np.testing.assert_allclose(step(hybrid, x0), step(truth, x0), rtol=1e-14, atol=1e-13)
     np.testing.assert_allclose(
@@ -101,7 +109,7 @@ def test_tendency_correction_of_the_forcing_error_is_the_true_model(twin, steps)
 
 def test_tendency_correction_keeps_the_geometry_of_its_dynamics():
     physical = Lorenz96(n=N_STATE)
-    hybrid = TendencyCorrection(physical, ZERO_CNN)
+    hybrid = TendencyCorrection(physical, zero_cnn())
     assert hybrid.state_size == N_STATE
     assert hybrid.domain_length() == physical.domain_length()
     np.testing.assert_array_equal(hybrid.coordinates(), physical.coordinates())
@@ -135,7 +143,7 @@ def test_assimilate_with_zero_resolvent_correction_equals_the_plain_run(twin):
     model, _, y, E0 = twin
     key = jax.random.key(1)
     plain = run(model, y, E0, key)
-    hybrid = run(ResolventCorrection(model, ZERO_CNN), y, E0, key)
+    hybrid = run(ResolventCorrection(model, zero_cnn()), y, E0, key)
     for field in ("forecast_mean", "analysis_mean", "analysis_spread", "final_ensemble"):
         np.testing.assert_array_equal(getattr(hybrid, field), getattr(plain, field))
 
@@ -235,6 +243,6 @@ def test_surrogate_cycles_in_assimilate(twin):
 
 def test_bad_surrogate_settings_name_the_argument():
     with pytest.raises(ValueError, match="cycle_length"):
-        Surrogate(ZERO_CNN, cycle_length=0.0)
+        Surrogate(zero_cnn(), cycle_length=0.0)
     with pytest.raises(ValueError, match="`n`"):
-        NeuralDynamics(ZERO_CNN, n=0)
+        NeuralDynamics(zero_cnn(), n=0)

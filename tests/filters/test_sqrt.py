@@ -25,8 +25,14 @@ def _reference_derivative(C, dC):
     return V @ (divided_difference * (Vt @ np.asarray(dC) @ V)) @ Vt
 
 
-def _ensemble_matrix(key, N, p, std, batch=()):
-    S = std * jax.random.normal(key, (*batch, N, p))
+def _normal(seed, shape):
+    # NumPy draws: every jax.random.normal of a new shape compiles a threefry program
+    # (~0.25 s each, 22 of them here).
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape))
+
+
+def _ensemble_matrix(seed, N, p, std, batch=()):
+    S = std * _normal(seed, (*batch, N, p))
     S = S - S.mean(axis=-2, keepdims=True)
     return S @ jnp.swapaxes(S, -1, -2) + (N - 1) * jnp.broadcast_to(jnp.eye(N), (*batch, N, N))
 
@@ -34,7 +40,7 @@ def _ensemble_matrix(key, N, p, std, batch=()):
 @pytest.mark.parametrize("std", [0.05, 1.0, 10.0])
 @pytest.mark.parametrize(("N", "batch"), [(24, ()), (7, (40,)), (5, (3, 4)), (12, (6,))])
 def test_matches_the_eigendecomposition(N, batch, std):
-    C = _ensemble_matrix(jax.random.key(N), N, 30, std, batch)
+    C = _ensemble_matrix(N, N, 30, std, batch)
     for lower_bound in (0.0, N - 1.0):
         Z = inverse_sqrt_spd(C, lower_bound)
         # Relative accuracy limited by conditioning (κ up to ~5e3 here).
@@ -43,14 +49,14 @@ def test_matches_the_eigendecomposition(N, batch, std):
 
 
 def test_squares_to_the_inverse():
-    C = _ensemble_matrix(jax.random.key(0), 24, 40, 3.0)
+    C = _ensemble_matrix(0, 24, 40, 3.0)
     Z = inverse_sqrt_spd(C, 23.0)
     np.testing.assert_allclose(Z @ Z @ C, np.eye(24), atol=1e-11)
 
 
 def test_weights_and_transform_solve_the_ensemble_space_problem():
-    C = _ensemble_matrix(jax.random.key(1), 10, 6, 1.0, (8,))
-    b = jax.random.normal(jax.random.key(2), (8, 10))
+    C = _ensemble_matrix(1, 10, 6, 1.0, (8,))
+    b = _normal(2, (8, 10))
     weights, T = ensemble_transform(C, b, 9.0)
     np.testing.assert_allclose(
         weights, np.linalg.solve(np.asarray(C), np.asarray(b)[..., None])[..., 0], atol=1e-12
@@ -63,7 +69,7 @@ def test_gradient_is_finite_and_matches_finite_differences_with_repeated_eigenva
     # p = 3 < N - 1: S Sᵀ has N - 3 zero eigenvalues, C has a repeated eigenvalue N - 1.
     # Differentiating through eigh gives NaN here; the Lyapunov-form JVP does not.
     N = 8
-    S = 0.7 * jax.random.normal(jax.random.key(3), (*batch, N, 3))
+    S = 0.7 * _normal(3, (*batch, N, 3))
 
     def loss(S):
         C = S @ jnp.swapaxes(S, -1, -2) + (N - 1) * jnp.broadcast_to(jnp.eye(N), (*batch, N, N))
@@ -71,7 +77,7 @@ def test_gradient_is_finite_and_matches_finite_differences_with_repeated_eigenva
 
     gradient = jax.grad(loss)(S)
     assert np.all(np.isfinite(gradient))
-    direction = jax.random.normal(jax.random.key(4), S.shape)
+    direction = _normal(4, S.shape)
     eps = 1e-6
     finite_difference = (loss(S + eps * direction) - loss(S - eps * direction)) / (2 * eps)
     assert float(jnp.sum(gradient * direction)) == pytest.approx(float(finite_difference), rel=1e-6)
@@ -91,8 +97,8 @@ def test_gradient_is_finite_and_matches_finite_differences_with_repeated_eigenva
 def test_derivative_matches_the_eigenvalue_formula(N, batch, std, tolerance):
     # Forward mode against the closed form, for a direction with an antisymmetric part
     # (which the symmetrised output ignores); std=10 gives condition numbers up to ~10³.
-    C = _ensemble_matrix(jax.random.key(N), N, 30, std, batch)
-    direction = jax.random.normal(jax.random.key(6), C.shape)
+    C = _ensemble_matrix(N, N, 30, std, batch)
+    direction = _normal(6, C.shape)
     _, derivative = jax.jvp(lambda C: inverse_sqrt_spd(C, N - 1.0), (C,), (direction,))
     symmetric = 0.5 * (direction + jnp.swapaxes(direction, -1, -2))
     reference = _reference_derivative(C, symmetric)
@@ -104,7 +110,7 @@ def test_derivative_matches_the_eigenvalue_formula(N, batch, std, tolerance):
 def test_derivative_at_a_multiple_of_the_identity():
     # Every eigenvalue equal: d(C^{-1/2}) = -c^{-3/2} dC / 2 at C = c I, exactly.
     C = 3.0 * jnp.broadcast_to(jnp.eye(5), (4, 5, 5))
-    direction = jax.random.normal(jax.random.key(7), C.shape)
+    direction = _normal(7, C.shape)
     direction = direction + jnp.swapaxes(direction, -1, -2)
     _, derivative = jax.jvp(inverse_sqrt_spd, (C, 0.0), (direction, 0.0))
     np.testing.assert_allclose(derivative, -0.5 * 3.0**-1.5 * direction, rtol=1e-14, atol=1e-15)
@@ -113,8 +119,8 @@ def test_derivative_at_a_multiple_of_the_identity():
 @pytest.mark.parametrize(("N", "batch"), [(24, ()), (7, (40,)), (12, (3,))])
 def test_reverse_mode_is_the_transpose_of_forward_mode(N, batch):
     # <G, J v> = <Jᵀ G, v>: the Lyapunov solve is transposed correctly under jax.grad.
-    C = _ensemble_matrix(jax.random.key(8), N, 10, 1.0, batch)
-    v, G = jax.random.normal(jax.random.key(9), (2, *C.shape))
+    C = _ensemble_matrix(8, N, 10, 1.0, batch)
+    v, G = _normal(9, (2, *C.shape))
     _, forward = jax.jvp(lambda C: inverse_sqrt_spd(C, N - 1.0), (C,), (v,))
     _, pullback = jax.vjp(lambda C: inverse_sqrt_spd(C, N - 1.0), C)
     (reverse,) = pullback(G)
@@ -124,8 +130,8 @@ def test_reverse_mode_is_the_transpose_of_forward_mode(N, batch):
 def test_from_eig_has_the_same_value_and_derivative():
     # Given an eigen-decomposition without derivative (as EnKF-N does), the derivative
     # with respect to C is still that of C^{-1/2}, repeated eigenvalues included.
-    C = _ensemble_matrix(jax.random.key(10), 9, 4, 1.0, (3,))  # rank 4 < 8: repeats
-    direction = jax.random.normal(jax.random.key(11), C.shape)
+    C = _ensemble_matrix(10, 9, 4, 1.0, (3,))  # rank 4 < 8: repeats
+    direction = _normal(11, C.shape)
 
     def from_eig(C):
         eigenvalues, V = jnp.linalg.eigh(jax.lax.stop_gradient(C))
@@ -138,7 +144,7 @@ def test_from_eig_has_the_same_value_and_derivative():
 
 
 def test_jit_and_vmap_agree_with_the_batched_call():
-    C = _ensemble_matrix(jax.random.key(5), 7, 20, 0.5, (6,))
+    C = _ensemble_matrix(5, 7, 20, 0.5, (6,))
     batched = inverse_sqrt_spd(C, 6.0)
     mapped = jax.vmap(lambda c: inverse_sqrt_spd(c, 6.0))(C)
     jitted = jax.jit(inverse_sqrt_spd)(C, 6.0)

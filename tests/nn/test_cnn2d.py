@@ -1,6 +1,8 @@
 """Convolutions on the zonal channel: a NumPy oracle for the periodic-x / wall-y padding,
 zonal translation equivariance, mirror symmetry, shapes, dtypes, vmap and gradients."""
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -74,17 +76,18 @@ def test_zero_padding_is_the_qg_wall_condition():
     np.testing.assert_allclose(apply(conv, field), valid, rtol=1e-13, atol=1e-13)
 
 
-NETWORK = {
-    padding: ChannelCNN(2, 3, widths=(4, 5), kernel_sizes=(3, 5, 1), key=KEY, wall_padding=padding)
-    for padding in ("zero", "reflect")
-}
+@functools.cache  # built on first use, not at collection (every xdist worker collects all)
+def network(wall_padding):
+    return ChannelCNN(
+        2, 3, widths=(4, 5), kernel_sizes=(3, 5, 1), key=KEY, wall_padding=wall_padding
+    )
 
 
 @pytest.mark.parametrize("wall_padding", ["zero", "reflect"])
 @settings(max_examples=8, deadline=None)
 @given(shift=st.integers(-12, 12), seed=st.integers(0, 2**16))
 def test_rolling_in_x_rolls_the_output(wall_padding, shift, seed):
-    net = NETWORK[wall_padding]
+    net = network(wall_padding)
     x = normal(seed, (2, 6, 9))
     np.testing.assert_allclose(
         apply(net, jnp.roll(x, shift, axis=-1)),
@@ -98,7 +101,7 @@ def test_rolling_in_x_rolls_the_output(wall_padding, shift, seed):
 def test_both_wall_rules_commute_with_the_north_south_mirror(wall_padding):
     # With kernels symmetric in y (odd sizes), mirroring the channel north-south mirrors
     # the output: neither wall is special.
-    net = NETWORK[wall_padding]
+    net = network(wall_padding)
     symmetric = eqx.tree_at(
         lambda n: [layer.conv.weight for layer in n.layers],
         net,
@@ -118,7 +121,7 @@ def test_shapes_dtypes_and_bad_arguments():
     assert apply(single, jnp.ones((20, 40))).shape == (20, 40)
     assert apply(single, jnp.ones((4, 5))).shape == (4, 5)  # any grid
     assert apply(single, jnp.ones((1, 4, 5))).shape == (1, 4, 5)
-    multi = NETWORK["zero"]
+    multi = network("zero")
     assert apply(multi, jnp.ones((2, 7, 11))).shape == (3, 7, 11)
     with pytest.raises(ValueError, match=r"input of shape \(2, ny, nx\)"):
         apply(multi, jnp.ones((7, 11)))
@@ -139,7 +142,7 @@ def test_shapes_dtypes_and_bad_arguments():
 
 
 def test_vmap_equals_loop_and_gradient_matches_finite_differences():
-    net = NETWORK["reflect"]
+    net = network("reflect")
     batch = normal(5, (3, 2, 6, 9))
     batched = eqx.filter_jit(jax.vmap(lambda x: net(x)))(batch)
     for member, out in zip(batch, batched, strict=True):

@@ -1,6 +1,8 @@
 """Networks: a NumPy oracle for the periodic convolution, exact Lorenz-96 weights for the
 bilinear CNN, translation equivariance, vmap = loop, gradients against finite differences."""
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -131,9 +133,11 @@ def networks(in_channels=1, out_channels=1, dtype=None):
     }
 
 
-NETWORKS = networks(in_channels=2, out_channels=3) | {
-    "mlp": MLP(26, 39, width=8, depth=2, key=KEY, input_mean=1.0, input_std=2.0)
-}
+@functools.cache  # built on first use, not at collection (every xdist worker collects all)
+def multi_channel_networks():
+    return networks(in_channels=2, out_channels=3) | {
+        "mlp": MLP(26, 39, width=8, depth=2, key=KEY, input_mean=1.0, input_std=2.0)
+    }
 
 
 @pytest.mark.parametrize("name", ["periodic_cnn", "bilinear_cnn"])
@@ -142,7 +146,7 @@ def test_periodic_network_shapes(name):
     assert apply(single, jnp.ones(40)).shape == (40,)
     assert apply(single, jnp.ones(9)).shape == (9,)  # any domain size
     assert apply(single, jnp.ones((1, 9))).shape == (1, 9)
-    multi = NETWORKS[name]
+    multi = multi_channel_networks()[name]
     assert apply(multi, jnp.ones((2, 11))).shape == (3, 11)
     with pytest.raises(ValueError, match=r"input of shape \(2, n\)"):
         apply(multi, jnp.ones(11))
@@ -191,7 +195,7 @@ def test_mlp_float32():
 @settings(max_examples=10, deadline=None)
 @given(shift=st.integers(-20, 20), seed=st.integers(0, 2**16))
 def test_rolling_the_input_rolls_the_output(name, shift, seed):
-    net = NETWORKS[name]
+    net = multi_channel_networks()[name]
     x = normal(seed, (2, 13))
     rolled_then_applied = apply(net, jnp.roll(x, shift, axis=-1))
     applied_then_rolled = jnp.roll(apply(net, x), shift, axis=-1)
@@ -200,7 +204,7 @@ def test_rolling_the_input_rolls_the_output(name, shift, seed):
 
 @pytest.mark.parametrize("name", ["periodic_cnn", "bilinear_cnn", "mlp"])
 def test_vmap_equals_loop(name):
-    net = NETWORKS[name]
+    net = multi_channel_networks()[name]
     shape = (26,) if name == "mlp" else (2, 13)
     batch = normal(3, (5, *shape))
     batched = eqx.filter_jit(eqx.filter_vmap(lambda net, x: net(x), in_axes=(None, 0)))(net, batch)
@@ -213,7 +217,7 @@ def test_vmap_equals_loop(name):
 
 @pytest.mark.parametrize("name", ["periodic_cnn", "bilinear_cnn", "mlp"])
 def test_parameter_gradients_match_finite_differences(name):
-    net = NETWORKS[name]
+    net = multi_channel_networks()[name]
     x = normal(4, (26,) if name == "mlp" else (2, 13))
     # The MLP's input/output statistics are fixed, not parameters: perturb its network.
     part = net.network if name == "mlp" else net

@@ -80,17 +80,20 @@ def test_two_scale_online_surrogate_beats_the_truncated_model(tmp_path):
         10.0,
     )
     # The coefficients move from 0 (RMS distance 2.39 to the offline fit) towards the
-    # offline fit (measured 0.12 at the last cycle, 0.060 averaged over the last 100
-    # cycles; their time mean 0.020), closer than the truncated model's (0.109).
+    # offline fit: measured 0.05-0.16 at the last cycle and 0.06-0.12 averaged over the
+    # last 100 cycles (seeds 0-3). Their distance is not a robust score after 1000
+    # cycles: that of their time mean over the last 100 cycles was 0.02-0.12 across the
+    # same seeds, against the truncated model's 0.105-0.109 (the coefficients trade off
+    # along poorly observed directions). The one-cycle error and the valid time below
+    # are (same seeds: 0.031-0.034 vs 0.078; 2.25-2.55 vs 0.90-0.95 time units).
     errors = saved["parameter_error_at"]
     assert saved["parameter_error_prior"] > 2
     assert errors["999"] < errors["100"] < errors["0"]
     assert errors["999"] < 0.25 and saved["parameter_error_final"] < 0.15
-    assert saved["learnt_mean_last_tenth_error"] < 0.6 * saved["truncated_error"]
     # The learnt unresolved-scale effect: the learnt surrogate's one-cycle error on the
-    # true slow trajectory is below the truncated model's (measured 0.041 vs 0.079;
-    # offline fit 0.023), and it forecasts longer from the true states (measured 2.3 vs
-    # 0.9 model time units; offline fit 2.75).
+    # true slow trajectory is below the truncated model's (measured 0.034 vs 0.078;
+    # offline fit 0.023), and it forecasts longer from the true states (measured 2.25 vs
+    # 0.9 model time units; offline fit 2.6).
     one_cycle = saved["one_cycle_error"]
     assert one_cycle["offline_fit"] < one_cycle["learnt_surrogate"]
     assert one_cycle["learnt_surrogate"] < 0.7 * one_cycle["truncated_model"]

@@ -71,10 +71,12 @@ def test_strong_4dvar_minimisers_equal_the_kalman_smoother(linear):
     model, observation, background, B, y, M, H = linear
     cost = StrongFourDVar(model, observation, jnp.asarray(y), background, B)
     expected = jnp.asarray(_blue_initial_state(background, B, y, M, H))
-    results = {
-        "gauss-newton": gauss_newton(cost, background, max_iterations=3),
-        "incremental": incremental(cost, background, outer_loops=2, inner_loops=30),
-        "quasi-newton": quasi_newton(cost, background, max_iterations=80, tolerance=1e-12),
+    results = {  # compiled: eagerly every loop and operation compiles on its own
+        "gauss-newton": eqx.filter_jit(gauss_newton)(cost, background, max_iterations=3),
+        "incremental": eqx.filter_jit(incremental)(cost, background, outer_loops=2, inner_loops=30),
+        "quasi-newton": eqx.filter_jit(quasi_newton)(
+            cost, background, max_iterations=80, tolerance=1e-12
+        ),
     }
     for name, result in results.items():
         np.testing.assert_allclose(result.control, expected, atol=1e-10, err_msg=name)
@@ -97,10 +99,16 @@ def test_weak_4dvar_equals_its_augmented_blue_and_tends_to_strong(linear):
     model, observation, background, B, y, M, H = linear
     strong = _blue_initial_state(background, B, y, M, H)
     errors = []
+    # One program for the three Q (eagerly, each call compiles its loops anew).
+    minimise = eqx.filter_jit(
+        lambda cost: gauss_newton(
+            cost, cost.initial_control(), max_iterations=3, inner_iterations=400
+        )
+    )
     for q in (1e-2, 1e-4, 1e-6):
         Q = q * (jnp.eye(N_STATE) + 0.2 * jnp.ones((N_STATE, N_STATE)))
         cost = WeakFourDVar(model, observation, jnp.asarray(y), background, B, Q)
-        result = gauss_newton(cost, cost.initial_control(), max_iterations=3, inner_iterations=400)
+        result = minimise(cost)
         assert bool(result.converged)
         # Oracle: the weak problem is a BLUE for the augmented control z = (x0, η1..ηL),
         # x_k = M^k x0 + Σ_{j<=k} M^(k-j) η_j, prior z ~ N((xb, 0), blockdiag(B, Q, ..., Q)).
@@ -241,10 +249,11 @@ def test_gradient_through_the_minimisation_matches_finite_differences(lorenz_win
         return weights @ gauss_newton(cost, xb, max_iterations=4, tolerance=0.0).control
 
     direction = jax.random.normal(jax.random.key(10), background.shape)
-    gradient = jax.grad(loss)(background)
-    assert float(gradient @ direction) == pytest.approx(
-        float(_central_difference(loss, background, direction, 1e-5)), rel=1e-5
-    )
+    # One compiled program for the gradient and the differences' values.
+    value_and_grad = eqx.filter_jit(jax.value_and_grad(loss))
+    _, gradient = value_and_grad(background)
+    difference = _central_difference(lambda x: value_and_grad(x)[0], background, direction, 1e-5)
+    assert float(gradient @ direction) == pytest.approx(float(difference), rel=1e-5)
 
 
 def test_bad_input(lorenz_window):

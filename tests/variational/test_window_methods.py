@@ -66,15 +66,22 @@ def test_overlapping_4dvar_windows_follow_the_single_da_rule(linear):
     model, observation, y, E0 = linear.model, linear.observation, linear.y, linear.E0
     B = 0.5 * jnp.eye(N_STATE)
     method = FourDVar(B, window=3, shift=1, outer_loops=2, inner_loops=30, tolerance=1e-12)
-    trajectory = assimilate_windows(model, observation, method, y, E0[:1], jax.random.key(0))
+    trajectory = eqx.filter_jit(assimilate_windows)(
+        model, observation, method, y, E0[:1], jax.random.key(0)
+    )
+
+    @eqx.filter_jit  # one program for every window (j, its data and weights are traced)
+    def single_window(background, j, weights):
+        y_window = jax.lax.dynamic_slice_in_dim(y, j, 3)
+        t0 = j * model.cycle_length
+        cost = StrongFourDVar(model, observation, y_window, background, B, t0, j, weights)
+        result = gauss_newton(cost, background, max_iterations=2, inner_iterations=30)
+        return cost.trajectory(result.control)
+
     background = E0[0]
     for j in range(CYCLES - 2):
         weights = jnp.asarray([1.0, 1.0, 1.0] if j == 0 else [0.0, 0.0, 1.0])
-        cost = StrongFourDVar(
-            model, observation, y[j : j + 3], background, B, j * model.cycle_length, j, weights
-        )
-        result = gauss_newton(cost, background, max_iterations=2, inner_iterations=30)
-        states = cost.trajectory(result.control)
+        states = single_window(background, jnp.asarray(j), weights)
         np.testing.assert_allclose(trajectory.analysis_mean[j], states[-1], atol=1e-9)
         background = states[0]
 
@@ -115,14 +122,16 @@ def test_cycled_window_loss_gradient_matches_finite_differences(lorenz96_twin, m
             burn_in=2, checkpoint=checkpoint,
         )  # fmt: skip
 
-    # Each a single compiled program (the gradient of a jitted function compiles its
-    # transpose separately: one XLA CPU compile of that kind segfaulted once, under load).
-    loss = eqx.filter_jit(cycled)
+    # Two compiled programs, plain and checkpointed; the differences reuse the plain one
+    # (the gradient of a jitted function compiles its transpose separately: one XLA CPU
+    # compile of that kind segfaulted once, under load).
+    value_and_grad = eqx.filter_jit(jax.value_and_grad(cycled))
     F = jnp.asarray(8.3)
-    gradient = eqx.filter_jit(jax.grad(cycled))(F)
-    np.testing.assert_allclose(gradient, _central_difference(loss, F), rtol=1e-5, atol=1e-8)
-    value_c, gradient_c = eqx.filter_jit(jax.value_and_grad(cycled))(F, checkpoint=2)
-    np.testing.assert_allclose(value_c, loss(F), rtol=1e-12)
+    value, gradient = value_and_grad(F)
+    difference = _central_difference(lambda x: value_and_grad(x)[0], F)
+    np.testing.assert_allclose(gradient, difference, rtol=1e-5, atol=1e-8)
+    value_c, gradient_c = value_and_grad(F, checkpoint=2)
+    np.testing.assert_allclose(value_c, value, rtol=1e-12)
     np.testing.assert_allclose(gradient_c, gradient, rtol=1e-9)
 
 
