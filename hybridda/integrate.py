@@ -177,28 +177,72 @@ def _tableau(solver) -> diffrax.ButcherTableau | None:
     return None if tableau.implicit else tableau
 
 
+# A vector field whose program has at least this many operations (nested ones counted)
+# gets its Runge-Kutta stages in a `lax.scan`; smaller ones are unrolled. Measured:
+# Lorenz-63/96, two-scale, multi-layer Lorenz and MAOOAM have 10-53 operations, the QG
+# model 327. See `_fixed_step_erk`.
+SCAN_STAGES_MIN_OPERATIONS = 150
+
+
+def _program_size(jaxpr) -> int:
+    """Operations in a jaxpr, those of nested jaxprs (loops, custom derivatives) included."""
+    size = 0
+    for equation in jaxpr.eqns:
+        size += 1
+        for value in equation.params.values():
+            for item in value if isinstance(value, tuple | list) else (value,):
+                inner = getattr(item, "jaxpr", item)
+                if hasattr(inner, "eqns"):
+                    size += _program_size(inner)
+    return size
+
+
 def _fixed_step_erk(field, x, dt, steps, tableau):
     """``steps`` explicit Runge-Kutta steps of size ``dt`` from the solver's tableau.
 
-    The steps are a `lax.scan`, and so are the stages within a step: stage ``i`` evaluates
-    ``k_i = f(t + c_i dt, y + dt Σ_j a_ij k_j)`` from the stages stored so far. The vector
-    field appears once in the compiled program, not once per stage: XLA's compile time
-    grows with the program, and for the QG model (FFT inversion, Arakawa Jacobian) with
-    its tangent-linear and adjoint inside incremental 4D-Var, unrolled stages took twice
-    as long to compile (measured: `paper/farchi2021_qg_correction.py --quick`, the cycled
-    4D-Var program 21 s → 11 s) and ran no faster (Lorenz-96 ETKF, 2000 cycles: the
-    same time within noise). It is the same scheme as `diffrax.diffeqsolve` with that
-    solver and a constant step, equal to round-off, but with no loop machinery for
-    autodiff to see through, so a tangent-linear (`jax.linearize`) or adjoint pass costs
-    a few forward passes, not ~25 as through diffeqsolve's bounded while loops
-    (measured on Lorenz-63, 25 RK4 steps).
+    The steps are a `lax.scan`. The stages within a step are unrolled for small vector
+    fields and a `lax.scan` for large ones (at least `SCAN_STAGES_MIN_OPERATIONS`
+    operations): stage ``i`` evaluates ``k_i = f(t + c_i dt, y + dt Σ_j a_ij k_j)`` from
+    the stages stored so far, so the vector field appears once in the compiled program,
+    not once per stage. XLA's compile time grows with the program: for the QG model
+    (FFT inversion, Arakawa Jacobian) with its tangent-linear and adjoint inside
+    incremental 4D-Var, unrolled stages took twice as long to compile (measured:
+    `paper/farchi2021_qg_correction.py --quick`, the cycled 4D-Var program 21 s -> 11 s).
+    For small fields the scan costs run time instead (measured, Lorenz-96 n = 40: a
+    4D-Var cost 0.11 -> 0.18 ms, the gradient of 100 ETKF cycles 16 -> 21 ms).
+
+    Either way it is the scheme of `diffrax.diffeqsolve` with that solver and a constant
+    step, equal to round-off, but with no loop machinery for autodiff to see through, so
+    a tangent-linear (`jax.linearize`) or adjoint pass costs a few forward passes, not
+    ~25 as through diffeqsolve's bounded while loops (measured on Lorenz-63, 25 RK4
+    steps).
     """
     c = np.concatenate([[0.0], tableau.c])
+    size = _program_size(jax.make_jaxpr(lambda y: field(0.0, y, None))(x).jaxpr)
+    if size >= SCAN_STAGES_MIN_OPERATIONS:
+        step = _scanned_stages_step(field, dt, tableau, c, x.dtype)
+    else:
+
+        def step(y, t):
+            stages = [field(t, y, None)]
+            for i, a in enumerate(tableau.a_lower):
+                increment = sum(coef * stage for coef, stage in zip(a, stages, strict=True) if coef)
+                stages.append(field(t + c[i + 1] * dt, y + dt * increment, None))
+            y = y + dt * sum(b * stage for b, stage in zip(tableau.b_sol, stages, strict=True) if b)
+            return y, None
+
+    if steps == 1:
+        return step(x, 0.0)[0]
+    return jax.lax.scan(step, x, dt * jnp.arange(steps, dtype=float))[0]
+
+
+def _scanned_stages_step(field, dt, tableau, c, dtype):
+    """One Runge-Kutta step whose stages are a `lax.scan` (see `_fixed_step_erk`)."""
     stages = len(c)
     a = np.zeros((stages, stages))
     for i, row in enumerate(tableau.a_lower):
         a[i + 1, : len(row)] = row
-    a, b = jnp.asarray(a, dtype=x.dtype), jnp.asarray(tableau.b_sol, dtype=x.dtype)
+    a, b = jnp.asarray(a, dtype=dtype), jnp.asarray(tableau.b_sol, dtype=dtype)
     c = jnp.asarray(c)
 
     def step(y, t):
@@ -209,9 +253,7 @@ def _fixed_step_erk(field, x, dt, steps, tableau):
         k = jax.lax.scan(stage, jnp.zeros((stages, *y.shape), y.dtype), np.arange(stages))[0]
         return y + dt * jnp.tensordot(b, k, axes=1), None
 
-    if steps == 1:
-        return step(x, 0.0)[0]
-    return jax.lax.scan(step, x, dt * jnp.arange(steps, dtype=float))[0]
+    return step
 
 
 def _is_adaptive(solver: diffrax.AbstractSolver) -> bool:
