@@ -281,3 +281,24 @@ def test_non_positive_dt_raises(dt):
 def test_non_positive_steps_per_cycle_raises(steps):
     with pytest.raises(ValueError, match="`steps_per_cycle`"):
         Resolvent(Lorenz63(), dt=0.01, steps_per_cycle=steps)
+
+
+def test_large_vector_fields_scan_their_stages_with_the_same_result():
+    # The QG tendency (FFT inversion, Arakawa Jacobian) is past the threshold: its RK4
+    # stages run in a scan, a small model's are unrolled. Both equal diffeqsolve's RK4.
+    from hybridda.dynamics import QG
+    from hybridda.integrate import SCAN_STAGES_MIN_OPERATIONS, _program_size
+
+    def size(dynamics):
+        x = dynamics.default_initial_state()
+        return _program_size(jax.make_jaxpr(lambda y: dynamics.tendency(0.0, y, None))(x).jaxpr)
+
+    qg, lorenz = QG(nx=8, ny=6), Lorenz96(n=10)
+    assert size(lorenz) < SCAN_STAGES_MIN_OPERATIONS <= size(qg)
+    for dynamics, dt in ((qg, 0.05), (lorenz, 0.05)):
+        x = dynamics.default_initial_state()
+        ours = Resolvent(dynamics, dt=dt, steps_per_cycle=3)
+        reference = Resolvent(dynamics, dt=dt, steps_per_cycle=3, adjoint=diffrax.DirectAdjoint())
+        scale = float(jnp.max(jnp.abs(x)))
+        np.testing.assert_allclose(ours(x, 0.2), reference(x, 0.2), rtol=0, atol=1e-12 * scale)
+        assert bool(jnp.any(ours(x, 0.2) != x))
