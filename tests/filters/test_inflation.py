@@ -87,7 +87,7 @@ def test_inflation_factor_can_be_traced_and_vmapped():
         method = ETKF(inflation=Multiplicative(factor, when="prior"))
         return method.analysis(problem.E, problem.y, problem.observation, KEY)
 
-    batched = jax.vmap(run)(factors)
+    batched = jax.jit(jax.vmap(run))(factors)  # the factor traced twice over
     for factor, E_a in zip(np.asarray(factors), batched, strict=True):
         m_a, P_a = problem.kalman(prior_scale=factor**2)
         np.testing.assert_allclose(sample_moments(E_a)[1], P_a, atol=1e-10)

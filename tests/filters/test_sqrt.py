@@ -31,6 +31,17 @@ def _normal(seed, shape):
     return jnp.asarray(np.random.default_rng(seed).standard_normal(shape))
 
 
+# Compiled once per shape: eagerly, every operation of the iteration and of its
+# derivative compiles on its own (test_jit_and_vmap_agree_with_the_batched_call checks
+# the eager call against these).
+_inverse_sqrt = jax.jit(inverse_sqrt_spd)
+
+
+@jax.jit
+def _jvp(C, direction, lower_bound):
+    return jax.jvp(lambda C: inverse_sqrt_spd(C, lower_bound), (C,), (direction,))
+
+
 def _ensemble_matrix(seed, N, p, std, batch=()):
     S = std * _normal(seed, (*batch, N, p))
     S = S - S.mean(axis=-2, keepdims=True)
@@ -42,7 +53,7 @@ def _ensemble_matrix(seed, N, p, std, batch=()):
 def test_matches_the_eigendecomposition(N, batch, std):
     C = _ensemble_matrix(N, N, 30, std, batch)
     for lower_bound in (0.0, N - 1.0):
-        Z = inverse_sqrt_spd(C, lower_bound)
+        Z = _inverse_sqrt(C, lower_bound)
         # Relative accuracy limited by conditioning (κ up to ~5e3 here).
         np.testing.assert_allclose(Z, _reference(C), rtol=0, atol=1e-12 * np.abs(Z).max())
         np.testing.assert_allclose(Z, np.swapaxes(np.asarray(Z), -1, -2), atol=1e-15)
@@ -75,11 +86,14 @@ def test_gradient_is_finite_and_matches_finite_differences_with_repeated_eigenva
         C = S @ jnp.swapaxes(S, -1, -2) + (N - 1) * jnp.broadcast_to(jnp.eye(N), (*batch, N, N))
         return jnp.sum(jnp.sin(inverse_sqrt_spd(C, N - 1.0)))
 
-    gradient = jax.grad(loss)(S)
+    value_and_grad = jax.jit(jax.value_and_grad(loss))  # one program for all three points
+    gradient = value_and_grad(S)[1]
     assert np.all(np.isfinite(gradient))
     direction = _normal(4, S.shape)
     eps = 1e-6
-    finite_difference = (loss(S + eps * direction) - loss(S - eps * direction)) / (2 * eps)
+    finite_difference = (
+        value_and_grad(S + eps * direction)[0] - value_and_grad(S - eps * direction)[0]
+    ) / (2 * eps)
     assert float(jnp.sum(gradient * direction)) == pytest.approx(float(finite_difference), rel=1e-6)
 
     def loss_eigh(S):
@@ -99,7 +113,7 @@ def test_derivative_matches_the_eigenvalue_formula(N, batch, std, tolerance):
     # (which the symmetrised output ignores); std=10 gives condition numbers up to ~10³.
     C = _ensemble_matrix(N, N, 30, std, batch)
     direction = _normal(6, C.shape)
-    _, derivative = jax.jvp(lambda C: inverse_sqrt_spd(C, N - 1.0), (C,), (direction,))
+    _, derivative = _jvp(C, direction, N - 1.0)
     symmetric = 0.5 * (direction + jnp.swapaxes(direction, -1, -2))
     reference = _reference_derivative(C, symmetric)
     np.testing.assert_allclose(
@@ -112,7 +126,7 @@ def test_derivative_at_a_multiple_of_the_identity():
     C = 3.0 * jnp.broadcast_to(jnp.eye(5), (4, 5, 5))
     direction = _normal(7, C.shape)
     direction = direction + jnp.swapaxes(direction, -1, -2)
-    _, derivative = jax.jvp(inverse_sqrt_spd, (C, 0.0), (direction, 0.0))
+    _, derivative = _jvp(C, direction, 0.0)
     np.testing.assert_allclose(derivative, -0.5 * 3.0**-1.5 * direction, rtol=1e-14, atol=1e-15)
 
 
@@ -121,9 +135,10 @@ def test_reverse_mode_is_the_transpose_of_forward_mode(N, batch):
     # <G, J v> = <Jᵀ G, v>: the Lyapunov solve is transposed correctly under jax.grad.
     C = _ensemble_matrix(8, N, 10, 1.0, batch)
     v, G = _normal(9, (2, *C.shape))
-    _, forward = jax.jvp(lambda C: inverse_sqrt_spd(C, N - 1.0), (C,), (v,))
-    _, pullback = jax.vjp(lambda C: inverse_sqrt_spd(C, N - 1.0), C)
-    (reverse,) = pullback(G)
+    _, forward = _jvp(C, v, N - 1.0)
+    reverse = jax.jit(lambda C, G: jax.vjp(lambda C: inverse_sqrt_spd(C, N - 1.0), C)[1](G)[0])(
+        C, G
+    )
     assert float(jnp.sum(G * forward)) == pytest.approx(float(jnp.sum(reverse * v)), rel=1e-13)
 
 

@@ -164,18 +164,21 @@ def test_cost_gradients_match_finite_differences(lorenz_window):
     strong = StrongFourDVar(model, observation, y, background, B)
     x = background + 0.3
     direction = jax.random.normal(jax.random.key(6), x.shape)
-    gradient = jax.grad(strong)(x)
-    assert float(gradient @ direction) == pytest.approx(
-        float(_central_difference(strong, x, direction)), rel=1e-6
-    )
+    # Compiled: one program per cost for its value and gradient (eagerly, each of
+    # their ~100 operations compiles on its own).
+    value_and_grad = eqx.filter_jit(lambda cost, control: jax.value_and_grad(cost)(control))
+    gradient = value_and_grad(strong, x)[1]
+    difference = _central_difference(lambda z: value_and_grad(strong, z)[0], x, direction)
+    assert float(gradient @ direction) == pytest.approx(float(difference), rel=1e-6)
     weak = WeakFourDVar(model, observation, y, background, B, 0.1 * jnp.eye(10))
     control = (x, 0.1 * jax.random.normal(jax.random.key(7), (5, 10)))
     flat_direction = (direction, jax.random.normal(jax.random.key(8), (5, 10)))
-    grad_weak = jax.grad(weak)(control)
+    grad_weak = value_and_grad(weak, control)[1]
     along = sum(float(jnp.sum(g * d)) for g, d in zip(grad_weak, flat_direction, strict=True))
 
     def along_line(eps):
-        return weak(jax.tree.map(lambda c, d: c + eps * d, control, flat_direction))
+        point = jax.tree.map(lambda c, d: c + eps * d, control, flat_direction)
+        return value_and_grad(weak, point)[0]
 
     fd = (along_line(1e-6) - along_line(-1e-6)) / 2e-6
     assert along == pytest.approx(float(fd), rel=1e-6)
