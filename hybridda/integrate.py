@@ -51,9 +51,12 @@ class Resolvent(eqx.Module):
     - `max_steps`: step budget for adaptive solvers.
     - `adjoint`: ``None`` (default) or a diffrax adjoint to force `diffrax.diffeqsolve`.
       By default fixed-step explicit Runge-Kutta solvers (RK4, or any `AbstractERK`
-      used with a constant step) run their Butcher tableau in a `lax.scan`: identical
-      arithmetic, and forward-mode (`jax.jvp`, tangent-linear models, Gauss-Newton) and
-      reverse-mode derivatives each cost a few forward passes. Adaptive solvers call
+      used with a constant step) run their Butcher tableau in a `lax.scan` over the
+      steps: the same scheme, equal to round-off (the stages are unrolled for small
+      vector fields and a scan for large ones such as the QG model, whose compile time
+      this halves; see `SCAN_STAGES_MIN_OPERATIONS`), and forward-mode (`jax.jvp`,
+      tangent-linear models, Gauss-Newton) and reverse-mode derivatives each cost a few
+      forward passes. Adaptive solvers call
       `diffeqsolve` with `diffrax.RecursiveCheckpointAdjoint()` (reverse mode only);
       other fixed-step solvers with `diffrax.DirectAdjoint()`.
 
