@@ -183,7 +183,9 @@ def _tableau(solver) -> diffrax.ButcherTableau | None:
 # A vector field whose program has at least this many operations (nested ones counted)
 # gets its Runge-Kutta stages in a `lax.scan`; smaller ones are unrolled. Measured:
 # Lorenz-63/96, two-scale, multi-layer Lorenz and MAOOAM have 10-53 operations, the QG
-# model 327. See `_fixed_step_erk`.
+# model 327. See `_fixed_step_erk`. The two forms agree to round-off, not bit for bit: a
+# hybrid whose correction pushes a small model past the threshold (a large network) is
+# no longer bitwise equal to its physical model with a zero correction.
 SCAN_STAGES_MIN_OPERATIONS = 150
 
 

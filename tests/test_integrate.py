@@ -289,15 +289,31 @@ def test_large_vector_fields_scan_their_stages_with_the_same_result():
     from hybridda.dynamics import QG
     from hybridda.integrate import SCAN_STAGES_MIN_OPERATIONS, _program_size
 
-    def size(dynamics):
+    def tendency_jaxpr(dynamics):
         x = dynamics.default_initial_state()
-        return _program_size(jax.make_jaxpr(lambda y: dynamics.tendency(0.0, y, None))(x).jaxpr)
+        return jax.make_jaxpr(lambda y: dynamics.tendency(0.0, y, None))(x).jaxpr
+
+    def scans(jaxpr):  # scan operations, nested ones included
+        count = 0
+        for equation in jaxpr.eqns:
+            count += equation.primitive.name == "scan"
+            for value in equation.params.values():
+                for item in value if isinstance(value, tuple | list) else (value,):
+                    inner = getattr(item, "jaxpr", item)
+                    count += scans(inner) if hasattr(inner, "eqns") else 0
+        return count
 
     qg, lorenz = QG(nx=8, ny=6), Lorenz96(n=10)
-    assert size(lorenz) < SCAN_STAGES_MIN_OPERATIONS <= size(qg)
-    for dynamics, dt in ((qg, 0.05), (lorenz, 0.05)):
-        x = dynamics.default_initial_state()
+    sizes = {name: _program_size(tendency_jaxpr(d)) for name, d in (("qg", qg), ("l96", lorenz))}
+    assert sizes["l96"] < SCAN_STAGES_MIN_OPERATIONS <= sizes["qg"]
+    for dynamics, stage_scans in ((qg, 1), (lorenz, 0)):
+        x, dt = dynamics.default_initial_state(), 0.05
         ours = Resolvent(dynamics, dt=dt, steps_per_cycle=3)
+        # The steps' scan, plus the stages' scan for QG only (beyond those of the tendency,
+        # traced once in a stage scan, four times unrolled).
+        copies = 1 if stage_scans else 4
+        added = scans(jax.make_jaxpr(ours)(x).jaxpr) - copies * scans(tendency_jaxpr(dynamics))
+        assert added == 1 + stage_scans, type(dynamics).__name__
         reference = Resolvent(dynamics, dt=dt, steps_per_cycle=3, adjoint=diffrax.DirectAdjoint())
         scale = float(jnp.max(jnp.abs(x)))
         np.testing.assert_allclose(ours(x, 0.2), reference(x, 0.2), rtol=0, atol=1e-12 * scale)
