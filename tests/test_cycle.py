@@ -243,7 +243,10 @@ SAKOV2012 = sakov2012.REFERENCES
 
 @pytest.mark.parametrize("reference", SAKOV2012, ids=[r.name for r in SAKOV2012])
 def test_sakov2012_reference_rmse(reference):
-    result = run_twin(reference.config.replace(cycles=600, burn_in=200), seed=0)
+    result = run_twin(reference.config.replace(cycles=3000, burn_in=500), seed=0)
     rmse = result.metrics["rmse_analysis"]
-    # 600 cycles: within 15 % (the ETKF measures 0.52-0.55 there, 0.58 over 3000 cycles).
+    # Within 15 % over 2500 cycles. Over 400 cycles the mean is too noisy for that: with
+    # round-off changes alone (XLA optimisation on/off) the ETKF gave 0.476-0.523 and the
+    # EnKF-N 0.443-0.511; over 2500, 0.544-0.580 and 0.527-0.553 (3D-Var 1.03-1.04,
+    # IEnKS 0.31).
     assert abs(rmse - reference.published_rmse) <= 0.15 * reference.published_rmse, rmse

@@ -134,7 +134,9 @@ def test_cycled_windows_learn_the_forcing_online():
     # previous window's F as background (std 0.6); the analysis at the window's end is
     # the next window's background (`online_fourdvar`, in two chunks of 20 windows).
     # Measured: F 6.45 after the first window, 7.96 after ten, 8.09 on average over the
-    # last ten of 40; window-end RMSE 0.54 -> 0.41.
+    # last ten of 40. The window-end RMSE over the last 20 windows is 0.48-0.59 (three
+    # observation draws, XLA optimisation on or off), against 0.71-0.78 with F held at 6
+    # (parameter_std = 1e-6); single windows range over 0.3-1.0.
     n, L, windows = 20, 4, 40
     truth_model = hda.Resolvent(Lorenz96(n=n, forcing=8.0), dt=0.05)
     observation = every_kth(n, 2, GaussianError(1.0))
@@ -178,7 +180,7 @@ def test_cycled_windows_learn_the_forcing_online():
     assert np.all(record.cost_after <= record.cost_before)
     assert record.parameter_step[0] > 0.5  # the first window moves F (0.76 σ) ...
     assert abs(float(state[1][0]) - 8.0) < 0.3  # ... and the windows converge to 8
-    assert np.mean(errors[-10:]) < 0.5 < errors[0]
+    assert np.mean(errors[-20:]) < 0.65
 
 
 def test_bad_parameter_control_is_rejected(affine):
