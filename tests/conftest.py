@@ -82,12 +82,13 @@ def _release_compiled_programs():
     gc.collect()
 
 
-# The slowest test files (a paper script's quick run or a benchmark, 20-95 s each on two
-# cores), heaviest first. `make test` hands whole files to two pytest-xdist workers in
-# collection order (--no-loadscope-reorder); starting with these lets the many short files
-# fill in behind them, so both workers finish together. xdist's default order (files with
-# the most tests first) left these for the end: one worker ran them alone for the last
-# ~2 minutes (fresh clone of 1486b93: pytest 873 s wall for 24.4 min of CPU on 2 cores).
+# The slowest test files (a paper script's quick run, a benchmark or a compile-heavy
+# module, 20-70 s each on two cores), heaviest first. `make test` hands whole files to
+# two pytest-xdist workers in collection order (--no-loadscope-reorder); starting with
+# these lets the many short files fill in behind them, so both workers finish together.
+# xdist's default order (files with the most tests first) left these for the end: one
+# worker ran them alone for the last ~2 minutes (fresh clone of 1486b93: pytest 873 s
+# wall for 24.4 min of CPU on 2 cores).
 # xdist gives worker A files 0 and 2 and worker B files 1 and 3 before the rest goes to
 # whichever is free: the two QG paper tests (0 and 2) run one after the other on one
 # worker, so the second finds the QG programs both compile (truth run, offline training,
