@@ -111,7 +111,10 @@ class Config:
     ensemble_size: int = 16  # diffusion members per test case
     widths: tuple[int, ...] = (12, 24)
     time_features: int = 16
-    training_steps: int = 1500  # each network
+    # Each network. At 1500 steps the diffusion ensembles were calibrated but not sharp:
+    # per-cell CRPS +1 % / -9 % against the deterministic map (seeds 0 / 1); at 4500 both
+    # networks are sharper and the diffusion wins on both seeds (paper/README.md).
+    training_steps: int = 4500
     batch_size: int = 16
     learning_rate: float = 2e-3
     ema_decay: float = 0.995
