@@ -161,6 +161,16 @@ class Config(offline.Config):
     # margin from 3): over 120 windows θ random-walks and the correction overshoots
     # (worse than the physical model, paper/README.md); halved to 1, it learns steadily.
     parameter_std: float = 1.0
+    # σ of the offline + online stage (relative, as `parameter_std`; None: the same σ).
+    # Fine-tuning a trained network with the from-scratch σ spoils it (paper/README.md).
+    finetune_std: float | None = None
+    # w0 > 0: window w uses σ / sqrt(1 + w / w0) (`online_fourdvar`'s
+    # `parameter_std_decay`); 0: the same σ in every window, as in the papers.
+    parameter_std_decay: float = 0.0
+
+    @property
+    def finetune_sigma(self) -> float:
+        return self.parameter_std if self.finetune_std is None else self.finetune_std
 
     @property
     def chunks(self) -> int:
@@ -170,8 +180,10 @@ class Config(offline.Config):
         super().check()
         if self.constraint not in ("strong", "weak"):
             raise SystemExit("--constraint must be 'strong' or 'weak'.")
-        if min(self.model_error_std, self.parameter_std) <= 0:
-            raise SystemExit("model_error_std and parameter_std must be > 0.")
+        if min(self.model_error_std, self.parameter_std, self.finetune_sigma) <= 0:
+            raise SystemExit("model_error_std, parameter_std and finetune_std must be > 0.")
+        if self.parameter_std_decay < 0:
+            raise SystemExit("parameter_std_decay must be >= 0 (0: constant σ).")
 
 
 QUICK = {
@@ -230,7 +242,7 @@ def first_background(twin, config) -> np.ndarray:
     return twin.truth[0] + twin.background_factor @ rng.standard_normal(twin.truth.shape[1])
 
 
-def learn_online(name, start_model, sigma, twin, model_set, config: Config, args):
+def learn_online(name, start_model, sigma, twin, model_set, config: Config, args, decay=None):
     """One pass of online 4D-Var over the training period from `start_model`, in
     checkpointed chunks of `da_chunk_windows` windows.
 
@@ -285,6 +297,7 @@ def learn_online(name, start_model, sigma, twin, model_set, config: Config, args
                 y[first:last],
                 where=learnt_network,
                 parameter_std=sigma,
+                parameter_std_decay=decay,
                 parameters=state["theta"],
                 first_window=first,
             )
@@ -491,6 +504,12 @@ def parse_args(argv):
     parser.add_argument("--constraint", choices=("strong", "weak"), help="4D-Var (strong)")
     parser.add_argument("--parameter-std", type=float, help="σ / initial weight rms (1)")
     parser.add_argument(
+        "--finetune-std", type=float, help="σ of offline + online (default: --parameter-std)"
+    )
+    parser.add_argument(
+        "--parameter-std-decay", type=float, help="w0: σ / sqrt(1 + w / w0) (0: constant)"
+    )
+    parser.add_argument(
         "--stop-after-chunks", type=int, help="stop after this many chunks (to test --resume)"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -504,7 +523,13 @@ def parse_args(argv):
 
 def make_config(args) -> Config:
     changes = dict(QUICK) if args.quick else {}
-    for name in ("train_windows", "constraint", "parameter_std"):
+    for name in (
+        "train_windows",
+        "constraint",
+        "parameter_std",
+        "finetune_std",
+        "parameter_std_decay",
+    ):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     config = Config(seed=args.seed, **changes)
@@ -559,9 +584,16 @@ def main(argv=None) -> dict | None:
     model_set["offline"] = trained
 
     # 3-4. Online 4D-Var from scratch and from the pre-trained network.
-    for name, start_model in (("online", zero_start), ("offline_online", trained)):
+    finetune = parameter_std(zero_start, network, config.finetune_sigma)
+    decay = config.parameter_std_decay or None
+    for name, start_model, std in (
+        ("online", zero_start, sigma),
+        ("offline_online", trained, finetune),
+    ):
         start = time.perf_counter()
-        history, complete = learn_online(name, start_model, sigma, twin, model_set, config, args)
+        history, complete = learn_online(
+            name, start_model, std, twin, model_set, config, args, decay
+        )
         seconds[name] = time.perf_counter() - start
         if not complete:
             print("stopped before the end of the training period; continue with --resume")

@@ -157,6 +157,9 @@ def parse_args(argv):
     parser.add_argument("--rollout-leads", type=int, help="free-rollout length in leads (4000)")
     parser.add_argument("--sampler-steps", type=int, help="DDIM steps per forecast (20)")
     parser.add_argument("--steps-per-lead", type=int, help="RK4 steps of 0.005 per lead (10)")
+    parser.add_argument(
+        "--members", type=int, help="members of the truth and rollout ensembles (8)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return parser.parse_args(argv)
 
@@ -362,7 +365,14 @@ def _rollout(forecaster, x0, forcings, key):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     changes = dict(QUICK) if args.quick else {}
-    for name in ("train_steps", "train_leads", "rollout_leads", "sampler_steps", "steps_per_lead"):
+    for name in (
+        "train_steps",
+        "train_leads",
+        "rollout_leads",
+        "sampler_steps",
+        "steps_per_lead",
+        "members",
+    ):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     try:

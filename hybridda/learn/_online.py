@@ -8,10 +8,19 @@ parameters ``θ``,
 $$J_w(x_0, θ) = J^\text{4D-Var}_w(x_0;\ M_θ) + \tfrac12\|θ - θ_{w-1}\|^2_{P^{-1}},$$
 
 ([`hybridda.variational.WithModelParameters`][]) with the previous window's estimate
-``θ_{w-1}`` as the parameter background and ``P = diag(σ²)`` the confidence one window
+``θ_{w-1}`` as the parameter background and ``P = diag(σ_w²)`` the confidence one window
 has in it. The analysis at the window's end is the next window's background. The
 parameters improve every time new observations arrive; nothing is stored but the
 current ``(x_b, θ)``.
+
+With a constant ``σ_w = σ`` (the papers' choice) ``θ`` is a random walk driven by each
+window's observation noise: over long runs it keeps wandering, and in directions the
+observations constrain weakly it drifts away (measured on the QG channel of
+`paper/farchi2023_qg_online.py`: the learnt share of the model error rises, then
+collapses after some hundred windows). ``parameter_std_decay = w₀`` shrinks it as
+a static parameter's uncertainty shrinks when equally informative windows accumulate,
+``σ_w = σ / √(1 + w / w₀)`` (a Kalman filter with an isotropic parameter covariance;
+also the Robbins-Monro step ``∝ 1/w`` of stochastic approximation).
 """
 
 from collections.abc import Callable
@@ -59,6 +68,7 @@ def online_fourdvar(
     parameters: Float[Array, " q"] | None = None,
     first_window: int | Array = 0,
     first_cycle_offset: int = 0,
+    parameter_std_decay: float | None = None,
 ) -> tuple[tuple[Float[Array, " n"], Float[Array, " q"]], OnlineWindows]:
     r"""``W`` consecutive windows of online 4D-Var, one `lax.scan` (jit-compiled).
 
@@ -85,6 +95,9 @@ def online_fourdvar(
     - `where`: selects the learnt leaves of `model` as in `equinox.tree_at`
       (``lambda m: m.correction.network``; ``None``: every floating-point array).
     - `parameter_std`: ``σ > 0``, scalar or one per parameter (in the order of θ).
+    - `parameter_std_decay`: ``None`` (default: the same ``σ`` in every window) or
+      ``w₀ > 0``: window ``w`` (global index) uses ``σ / √(1 + w / w₀)``, so the
+      prior variance halves after ``w₀`` windows, a third after ``2 w₀``, ....
     - `parameters`: ``θ`` before the first window (default: `model`'s own).
     - `first_window`: global index of the first window; `first_cycle_offset`: shift
       of the observation cycles (e.g. 1 when ``y[k]`` observes the state after ``k``
@@ -116,6 +129,12 @@ def online_fourdvar(
     check_learnt(model, where)
     # Checked here, while concrete: inside the compiled scan it would only give NaNs.
     require_positive("parameter_std", parameter_std, "It is the parameters' prior std σ > 0.")
+    if parameter_std_decay is not None:
+        require_positive(
+            "parameter_std_decay",
+            parameter_std_decay,
+            "It is the number of windows w₀ after which σ² has halved; None keeps σ constant.",
+        )
     if parameters is None:
         parameters = partition_learnt(model, where)[0]
     return _online_scan(
@@ -129,14 +148,25 @@ def online_fourdvar(
         jnp.asarray(first_window),
         where,
         first_cycle_offset,
+        None if parameter_std_decay is None else float(parameter_std_decay),
     )
 
 
 @eqx.filter_jit
 def _online_scan(
-    method, model, observation, background, theta, sigma, y_windows, first_window, where, offset
+    method,
+    model,
+    observation,
+    background,
+    theta,
+    sigma,
+    y_windows,
+    first_window,
+    where,
+    offset,
+    decay,
 ):
-    L = method.window  # `where` and `offset` are static: one program per setting
+    L = method.window  # `where`, `offset` and `decay` are static: one program per setting
 
     def one(carry, inputs):
         background, theta = carry
@@ -150,8 +180,9 @@ def _online_scan(
             first_cycle * model.cycle_length,
             first_cycle + offset,
         )
+        std = sigma if decay is None else sigma / jnp.sqrt(1.0 + index / decay)
         cost = WithModelParameters(
-            inner, where=where, parameter_background=theta, parameter_std=sigma
+            inner, where=where, parameter_background=theta, parameter_std=std
         )
         result = method.minimise(cost, cost.initial_control())
         end = cost.trajectory(result.control)[-1]
