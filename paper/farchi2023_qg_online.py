@@ -55,10 +55,14 @@ the same for every hybrid). θ: all the network's weights and biases.
    with the same Gauss-Newton minimiser (`outer_loops` x `inner_loops` CG, tangent-linear
    and adjoint of the network by JAX). θ_b is the previous window's θ; σ is per
    parameter, `parameter_std` times the rms of the random initial weights of its layer
-   (how far one window may move θ; 1: see `Config` for how it was chosen); x_b is the
-   previous window's analysis at its end;
+   (how far one window may move θ; 1: see `Config` for how it was chosen), the same in
+   every window as in the papers, or shrinking as σ / √(1 + w / w0) with
+   ``--parameter-std-decay w0`` (over long periods a constant σ lets θ random-walk away:
+   paper/README.md); x_b is the previous window's analysis at its end;
 4. *offline + online*: the same online 4D-Var, started from the offline-trained network
-   (θ_b of the first window = the pre-trained θ), the pipeline of Farchi et al. (2024);
+   (θ_b of the first window = the pre-trained θ), the pipeline of Farchi et al. (2024),
+   with its own σ from ``--finetune-std`` (default: the same σ, which spoils the
+   pre-trained network; 0.1 keeps it);
 
 plus the true model as the floor. The window-end analyses of the online runs are the
 "4D-Var analysis RMSE during the online period", compared with those of 4D-Var with the
