@@ -192,32 +192,28 @@ def test_decaying_parameter_std_is_the_shrunk_prior_of_each_window(affine):
     bias = lambda m: m.dynamics.bias  # noqa: E731
     y_windows = jnp.asarray(np.stack([y, y[::-1]]))
     sigma, w0, first = 0.7, 4.0, 6
-    common = dict(where=bias, parameters=jnp.array([0.1, 0.0, 0.2]))
+    theta0 = jnp.array([0.1, 0.0, 0.2])
 
     def run(y_part, start, x_b, theta, **options):
-        options = {**common, "parameters": theta, **options}
         return online_fourdvar(
-            method, model, observation, x_b, y_part, first_window=start, **options
-        )
+            method, model, observation, x_b, y_part,
+            where=bias, parameters=theta, first_window=start, **options,
+        )  # fmt: skip
 
     decayed, records = run(
-        y_windows, first, background, common["parameters"],
-        parameter_std=sigma, parameter_std_decay=w0,
-    )  # fmt: skip
-    state = (background, common["parameters"])
+        y_windows, first, background, theta0, parameter_std=sigma, parameter_std_decay=w0
+    )
+    state = (background, theta0)
     for w in range(2):
         std = sigma / np.sqrt(1 + (first + w) / w0)
         state, record = run(y_windows[w : w + 1], first + w, *state, parameter_std=std)
         np.testing.assert_allclose(record.analysis_end[0], records.analysis_end[w], rtol=1e-12)
     np.testing.assert_allclose(state[1], decayed[1], rtol=1e-12)
     # ... and the decay matters: the constant σ gives another θ.
-    constant, _ = run(y_windows, first, background, common["parameters"], parameter_std=sigma)
+    constant, _ = run(y_windows, first, background, theta0, parameter_std=sigma)
     assert np.max(np.abs(np.asarray(constant[1]) - np.asarray(decayed[1]))) > 1e-3
     with pytest.raises(ValueError, match="parameter_std_decay"):
-        run(
-            y_windows, 0, background, common["parameters"],
-            parameter_std=sigma, parameter_std_decay=0.0,
-        )  # fmt: skip
+        run(y_windows, 0, background, theta0, parameter_std=sigma, parameter_std_decay=0.0)
 
 
 def test_bad_parameter_control_is_rejected(affine):
