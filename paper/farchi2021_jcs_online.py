@@ -342,7 +342,7 @@ def learn_online(model, sigma, y, first_background, twin, config: Config, args):
         for first in bar:
             last = min(first + config.chunk_windows, W)
             tic = time.perf_counter()
-            (background, theta), record = online_fourdvar(
+            (background, theta, _), record = online_fourdvar(
                 method,
                 model,
                 observation,

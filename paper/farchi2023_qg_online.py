@@ -58,7 +58,10 @@ the same for every hybrid). θ: all the network's weights and biases.
    (how far one window may move θ; 1: see `Config` for how it was chosen), the same in
    every window as in the papers, or shrinking as σ / √(1 + w / w0) with
    ``--parameter-std-decay w0`` (over long periods a constant σ lets θ random-walk away:
-   paper/README.md); x_b is the previous window's analysis at its end;
+   paper/README.md), or per parameter by the information the windows have given about
+   it, ``P⁻¹ ← P⁻¹ + κ diag(JᵀJ)`` with ``--information-scale κ`` (Hutchinson estimate,
+   `hybridda.learn.online_fourdvar`'s `accumulate_information`); x_b is the previous
+   window's analysis at its end;
 4. *offline + online*: the same online 4D-Var, started from the offline-trained network
    (θ_b of the first window = the pre-trained θ), the pipeline of Farchi et al. (2024),
    with its own σ from ``--finetune-std`` (default: the same σ, which spoils the
@@ -171,6 +174,11 @@ class Config(offline.Config):
     # w0 > 0: window w uses σ / sqrt(1 + w / w0) (`online_fourdvar`'s
     # `parameter_std_decay`); 0: the same σ in every window, as in the papers.
     parameter_std_decay: float = 0.0
+    # κ > 0: each parameter's σ shrinks by the accumulated diagonal Gauss-Newton
+    # information of the windows (`online_fourdvar`'s `accumulate_information`, with
+    # `information_probes` Hutchinson probes); 0: off. Exclusive with the decay.
+    information_scale: float = 0.0
+    information_probes: int = 4
 
     @property
     def finetune_sigma(self) -> float:
@@ -188,6 +196,10 @@ class Config(offline.Config):
             raise SystemExit("model_error_std, parameter_std and finetune_std must be > 0.")
         if self.parameter_std_decay < 0:
             raise SystemExit("parameter_std_decay must be >= 0 (0: constant σ).")
+        if self.information_scale < 0 or self.information_probes < 1:
+            raise SystemExit("information_scale must be >= 0 (0: off), information_probes >= 1.")
+        if self.information_scale > 0 and self.parameter_std_decay > 0:
+            raise SystemExit("Choose --parameter-std-decay or --information-scale, not both.")
 
 
 QUICK = {
@@ -246,9 +258,12 @@ def first_background(twin, config) -> np.ndarray:
     return twin.truth[0] + twin.background_factor @ rng.standard_normal(twin.truth.shape[1])
 
 
-def learn_online(name, start_model, sigma, twin, model_set, config: Config, args, decay=None):
+def learn_online(
+    name, start_model, sigma, twin, model_set, config: Config, args, decay=None, information=False
+):
     """One pass of online 4D-Var over the training period from `start_model`, in
-    checkpointed chunks of `da_chunk_windows` windows.
+    checkpointed chunks of `da_chunk_windows` windows; σ shrinks with `decay` (w0) or,
+    with `information` and ``config.information_scale > 0``, by accumulated information.
 
     Returns the history (numpy arrays) and whether the pass is complete.
     """
@@ -261,6 +276,10 @@ def learn_online(name, start_model, sigma, twin, model_set, config: Config, args
         return {
             "background": jnp.asarray(first_background(twin, config)),
             "theta": theta_of(start_model),
+            # The diagonal of P⁻¹ carried between chunks (used with --information-scale).
+            "precision": jnp.broadcast_to(
+                1.0 / jnp.asarray(sigma) ** 2, theta_of(start_model).shape
+            ),
             "window_end": jnp.zeros((W, twin.truth.shape[1])),
             "cost_before": jnp.zeros(W),
             "cost_after": jnp.zeros(W),
@@ -293,7 +312,16 @@ def learn_online(name, start_model, sigma, twin, model_set, config: Config, args
         for first in bar:
             last = first + chunk
             tic = time.perf_counter()
-            (background, theta), record = online_fourdvar(
+            accumulate = {}
+            if information and config.information_scale > 0:
+                accumulate = {
+                    "accumulate_information": True,
+                    "parameter_precision": state["precision"],
+                    "information_scale": config.information_scale,
+                    "information_probes": config.information_probes,
+                    "key": jax.random.key(config.seed + 5),
+                }
+            (background, theta, precision), record = online_fourdvar(
                 method,
                 start_model,
                 twin.observation,
@@ -304,6 +332,7 @@ def learn_online(name, start_model, sigma, twin, model_set, config: Config, args
                 parameter_std_decay=decay,
                 parameters=state["theta"],
                 first_window=first,
+                **accumulate,
             )
             ends, before, after, step = record[:4]
             jax.block_until_ready(theta)
@@ -313,6 +342,7 @@ def learn_online(name, start_model, sigma, twin, model_set, config: Config, args
             state = {
                 "background": background,
                 "theta": theta,
+                "precision": state["precision"] if precision is None else precision,
                 "window_end": state["window_end"].at[first:last].set(ends),
                 "cost_before": state["cost_before"].at[first:last].set(before),
                 "cost_after": state["cost_after"].at[first:last].set(after),
@@ -514,6 +544,11 @@ def parse_args(argv):
         "--parameter-std-decay", type=float, help="w0: σ / sqrt(1 + w / w0) (0: constant)"
     )
     parser.add_argument(
+        "--information-scale",
+        type=float,
+        help="κ: σ shrinks per parameter by κ × the windows' Gauss-Newton information (0: off)",
+    )
+    parser.add_argument(
         "--stop-after-chunks", type=int, help="stop after this many chunks (to test --resume)"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -533,6 +568,7 @@ def make_config(args) -> Config:
         "parameter_std",
         "finetune_std",
         "parameter_std_decay",
+        "information_scale",
     ):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
@@ -596,7 +632,7 @@ def main(argv=None) -> dict | None:
     ):
         start = time.perf_counter()
         history, complete = learn_online(
-            name, start_model, std, twin, model_set, config, args, decay
+            name, start_model, std, twin, model_set, config, args, decay, information=True
         )
         seconds[name] = time.perf_counter() - start
         if not complete:

@@ -27,6 +27,7 @@ from ._em import fit_transitions as fit_transitions
 from ._em import model_error_variance as model_error_variance
 from ._loss import RolloutLoss as RolloutLoss
 from ._loss import rollout as rollout
+from ._online import OnlineState as OnlineState
 from ._online import OnlineWindows as OnlineWindows
 from ._online import online_fourdvar as online_fourdvar
 from ._trainer import History as History
@@ -38,6 +39,7 @@ from ._trainer import default_trainable as default_trainable
 __all__ = [
     "AnalysisDataset",
     "History",
+    "OnlineState",
     "OnlineWindows",
     "RolloutLoss",
     "RolloutPairs",

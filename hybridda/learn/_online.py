@@ -21,6 +21,21 @@ collapses after some hundred windows). ``parameter_std_decay = w₀`` shrinks it
 a static parameter's uncertainty shrinks when equally informative windows accumulate,
 ``σ_w = σ / √(1 + w / w₀)`` (a Kalman filter with an isotropic parameter covariance;
 also the Robbins-Monro step ``∝ 1/w`` of stochastic approximation).
+
+``accumulate_information = True`` shrinks ``σ`` per parameter instead, by what the
+windows have actually told about each one: the information (precision) of a static
+parameter adds up over independent windows, and keeping its diagonal,
+
+$$P_{w+1}^{-1} = P_w^{-1} + κ \, \operatorname{diag}(J_wᵀ J_w), \qquad P_0^{-1} = σ^{-2},$$
+
+where ``J_w`` is the Jacobian, with respect to ``θ`` at window ``w``'s analysis, of its
+whitened residuals (the Gauss-Newton Hessian of its observation term). Parameters the
+observations constrain stop moving sooner than those they do not (the Kalman filter of a
+static parameter with a diagonal covariance; the diagonal Gauss-Newton preconditioner
+of online natural-gradient methods). The state-parameter cross terms are ignored, which
+overstates the information; ``κ`` (`information_scale`) scales it. The diagonal is
+exact (one Jacobian-vector product per parameter) or estimated with Hutchinson's
+Rademacher probes (one vector-Jacobian product each) for large networks.
 """
 
 from collections.abc import Callable
@@ -29,12 +44,27 @@ from typing import NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Bool, Float, PyTree
+from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray, PyTree
 
 from .._checks import require_positive
 from .._parameters import check_learnt, partition_learnt
 from ..observe import AbstractObservation
 from ..variational import FourDVar, WithModelParameters
+
+
+class OnlineState(NamedTuple):
+    """What one call of [`online_fourdvar`][] hands to the next (checkpoint it between
+    chunks).
+
+    - `background`: ``(n,)`` the next window's background (the last analysis's end).
+    - `parameters`: ``(q,)`` ``θ`` after the last window.
+    - `parameter_precision`: ``(q,)`` the diagonal of ``P⁻¹`` for the next window when
+      information is accumulated, else ``None``.
+    """
+
+    background: Float[Array, " n"]
+    parameters: Float[Array, " q"]
+    parameter_precision: Float[Array, " q"] | None
 
 
 class OnlineWindows(NamedTuple):
@@ -69,7 +99,12 @@ def online_fourdvar(
     first_window: int | Array = 0,
     first_cycle_offset: int = 0,
     parameter_std_decay: float | None = None,
-) -> tuple[tuple[Float[Array, " n"], Float[Array, " q"]], OnlineWindows]:
+    accumulate_information: bool = False,
+    parameter_precision: Float[Array, " q"] | None = None,
+    information_scale: float = 1.0,
+    information_probes: int | None = None,
+    key: PRNGKeyArray | None = None,
+) -> tuple[OnlineState, OnlineWindows]:
     r"""``W`` consecutive windows of online 4D-Var, one `lax.scan` (jit-compiled).
 
     Window ``w`` (global index ``first_window + w``) starts at cycle
@@ -98,13 +133,24 @@ def online_fourdvar(
     - `parameter_std_decay`: ``None`` (default: the same ``σ`` in every window) or
       ``w₀ > 0``: window ``w`` (global index) uses ``σ / √(1 + w / w₀)``, so the
       prior variance halves after ``w₀`` windows, a third after ``2 w₀``, ....
+    - `accumulate_information`: shrink ``σ`` per parameter by the accumulated diagonal
+      Gauss-Newton information (module docstring); exclusive with the decay.
+    - `parameter_precision`: ``(q,)`` the diagonal of ``P⁻¹`` of the first window (to
+      continue a chunked run: the returned one); default ``1 / σ²``.
+    - `information_scale`: ``κ > 0``, the weight of each window's information.
+    - `information_probes`: ``None`` (default): the exact diagonal, one
+      Jacobian-vector product per parameter (small ``q``); ``K``: Hutchinson's estimate
+      ``mean_k (J_wᵀ v_k)²`` with ``K`` Rademacher probes ``v_k``, drawn from
+      ``fold_in(key, w)`` (global window index ``w``: chunks compose exactly).
+    - `key`: a `jax.random` key, required with `information_probes`.
     - `parameters`: ``θ`` before the first window (default: `model`'s own).
     - `first_window`: global index of the first window; `first_cycle_offset`: shift
       of the observation cycles (e.g. 1 when ``y[k]`` observes the state after ``k``
       cycles from an initial time 0 that is never observed).
 
-    Returns ``((background, θ), records)``: the next window's background and the
-    parameters after the last window, and the [`OnlineWindows`][] records.
+    Returns ``(state, records)``: the [`OnlineState`][] after the last window (next
+    background, ``θ``, and the accumulated precision) and the [`OnlineWindows`][]
+    records.
 
     !!! cite "References"
         Farchi, Bocquet, Laloyaux, Bonavita and Malartic (2021), A comparison of combined
@@ -137,19 +183,65 @@ def online_fourdvar(
         )
     if parameters is None:
         parameters = partition_learnt(model, where)[0]
-    return _online_scan(
+    parameters = jnp.asarray(parameters)
+    sigma = jnp.asarray(parameter_std, dtype=jnp.result_type(float))
+    information = None
+    if accumulate_information:
+        if parameter_std_decay is not None:
+            raise ValueError(
+                "Pass either `parameter_std_decay` or `accumulate_information`: both shrink "
+                "σ over the windows."
+            )
+        require_positive(
+            "information_scale",
+            information_scale,
+            "It is the weight κ > 0 of each window's information.",
+        )
+        if information_probes is not None:
+            if int(information_probes) < 1:
+                raise ValueError(
+                    f"`information_probes` must be >= 1 (or None: the exact diagonal), got "
+                    f"{information_probes}."
+                )
+            if key is None:
+                raise ValueError(
+                    "`information_probes` draws Rademacher probes: pass `key` (a jax.random key)."
+                )
+        if parameter_precision is None:
+            parameter_precision = jnp.broadcast_to(1.0 / sigma**2, parameters.shape)
+        parameter_precision = jnp.asarray(parameter_precision, dtype=sigma.dtype)
+        if parameter_precision.shape != parameters.shape:
+            raise ValueError(
+                f"`parameter_precision` must have shape {parameters.shape} (one per parameter), "
+                f"got {parameter_precision.shape}."
+            )
+        require_positive(
+            "parameter_precision",
+            parameter_precision,
+            "It is the diagonal of P⁻¹, > 0 (the returned state's).",
+        )
+        probes = None if information_probes is None else int(information_probes)
+        information = (parameter_precision, float(information_scale), probes, key)
+    elif parameter_precision is not None or information_probes is not None or key is not None:
+        raise ValueError(
+            "`parameter_precision`, `information_probes` and `key` are used only with "
+            "`accumulate_information=True`."
+        )
+    (background, theta, precision), records = _online_scan(
         method,
         model,
         observation,
         jnp.asarray(background),
-        jnp.asarray(parameters),
-        jnp.asarray(parameter_std, dtype=jnp.result_type(float)),
+        parameters,
+        sigma,
         y_windows,
         jnp.asarray(first_window),
         where,
         first_cycle_offset,
         None if parameter_std_decay is None else float(parameter_std_decay),
+        information,
     )
+    return OnlineState(background, theta, precision), records
 
 
 @eqx.filter_jit
@@ -165,11 +257,14 @@ def _online_scan(
     where,
     offset,
     decay,
+    information,
 ):
-    L = method.window  # `where`, `offset` and `decay` are static: one program per setting
+    # `where`, `offset`, `decay`, κ and the probe count are static: one program per setting.
+    L = method.window
+    precision, scale, probes, key = (None,) * 4 if information is None else information
 
     def one(carry, inputs):
-        background, theta = carry
+        background, theta, precision = carry
         y_window, index = inputs
         first_cycle = index * L
         inner = method.window_cost(
@@ -180,7 +275,12 @@ def _online_scan(
             first_cycle * model.cycle_length,
             first_cycle + offset,
         )
-        std = sigma if decay is None else sigma / jnp.sqrt(1.0 + index / decay)
+        if precision is not None:
+            std = 1.0 / jnp.sqrt(precision)
+        elif decay is not None:
+            std = sigma / jnp.sqrt(1.0 + index / decay)
+        else:
+            std = sigma
         cost = WithModelParameters(
             inner, where=where, parameter_background=theta, parameter_std=std
         )
@@ -188,8 +288,29 @@ def _online_scan(
         end = cost.trajectory(result.control)[-1]
         new_theta = result.control[1].astype(theta.dtype)
         step = jnp.sqrt(jnp.mean(cost.parameter_residual(new_theta) ** 2))
+        if precision is not None:
+            window_key = None if key is None else jax.random.fold_in(key, index)
+            information = _information_diagonal(cost, result.control, probes, window_key)
+            precision = precision + scale * information.astype(precision.dtype)
         record = OnlineWindows(end, result.costs[0], result.costs[-1], step, result.converged)
-        return (end, new_theta), record
+        return (end, new_theta, precision), record
 
     indices = first_window + jnp.arange(y_windows.shape[0])
-    return jax.lax.scan(one, (background, theta), (y_windows, indices))
+    return jax.lax.scan(one, (background, theta, precision), (y_windows, indices))
+
+
+def _information_diagonal(cost: WithModelParameters, control, probes, key):
+    """``diag(Jᵀ J)``, ``J`` the Jacobian of the wrapped cost's whitened residuals with
+    respect to ``θ`` at `control` (state part fixed): exact, or Hutchinson's estimate."""
+    state, theta = control
+
+    def residuals(t):
+        return cost.with_parameters(t).residuals(state)
+
+    if probes is None:
+        _, jvp = jax.linearize(residuals, theta)
+        columns = jax.vmap(jvp, out_axes=1)(jnp.eye(theta.shape[0], dtype=theta.dtype))
+        return jnp.sum(columns**2, axis=0)
+    r, vjp = jax.vjp(residuals, theta)
+    v = jax.random.rademacher(key, (probes, r.shape[0]), dtype=r.dtype)
+    return jnp.mean(jax.vmap(lambda u: vjp(u)[0])(v) ** 2, axis=0)

@@ -206,7 +206,7 @@ def test_decaying_parameter_std_is_the_shrunk_prior_of_each_window(affine):
     state = (background, theta0)
     for w in range(2):
         std = sigma / np.sqrt(1 + (first + w) / w0)
-        state, record = run(y_windows[w : w + 1], first + w, *state, parameter_std=std)
+        state, record = run(y_windows[w : w + 1], first + w, *state[:2], parameter_std=std)
         np.testing.assert_allclose(record.analysis_end[0], records.analysis_end[w], rtol=1e-12)
     np.testing.assert_allclose(state[1], decayed[1], rtol=1e-12)
     # ... and the decay matters: the constant σ gives another θ.
@@ -214,6 +214,112 @@ def test_decaying_parameter_std_is_the_shrunk_prior_of_each_window(affine):
     assert np.max(np.abs(np.asarray(constant[1]) - np.asarray(decayed[1]))) > 1e-3
     with pytest.raises(ValueError, match="parameter_std_decay"):
         run(y_windows, 0, background, theta0, parameter_std=sigma, parameter_std_decay=0.0)
+
+
+def _bias_information(M, G, y):
+    """diag(Jᵀ J) of one window of the affine model: y[k-1] observes H x_k, and
+    x_k depends on the bias through sum_{j<k} M^j G; rows of missing values drop out."""
+    H = np.eye(3)[[0, 2]]
+    rows = []
+    for k in range(1, WINDOW + 1):
+        block = H @ sum(np.linalg.matrix_power(M, j) for j in range(k)) @ G / STDS[:, None]
+        rows.append(block[np.isfinite(y[k - 1])])
+    J = np.concatenate(rows)
+    return np.sum(J**2, axis=0)
+
+
+def test_accumulated_information_is_the_exact_gauss_newton_diagonal(affine):
+    # `accumulate_information`: window w's prior precision of θ is 1/σ² plus κ times the
+    # diagonal of JᵀJ of every earlier window, whether in one call or in chunks.
+    model, observation, y, background, B, _, M, G = affine
+    method = FourDVar(jnp.asarray(B), window=WINDOW)
+    bias = lambda m: m.dynamics.bias  # noqa: E731
+    windows = [y, y[::-1]]  # the missing value moves: the two windows differ
+    y_windows = jnp.asarray(np.stack(windows))
+    sigma, kappa, theta0 = 0.7, 0.5, jnp.array([0.1, 0.0, 0.2])
+
+    def run(y_part, start, x_b, theta, **options):
+        return online_fourdvar(
+            method, model, observation, jnp.asarray(x_b), y_part,
+            where=bias, parameters=theta, first_window=start, **options,
+        )  # fmt: skip
+
+    state, records = run(
+        y_windows, 0, background, theta0, parameter_std=sigma,
+        accumulate_information=True, information_scale=kappa,
+    )  # fmt: skip
+    informations = [_bias_information(M, G, w) for w in windows]
+    expected = 1 / sigma**2 + kappa * (informations[0] + informations[1])
+    np.testing.assert_allclose(state.parameter_precision, expected, rtol=1e-10)
+    # Each window is the online window with the constant σ = P_w^{-1/2} ...
+    stds = [np.full(3, sigma), 1 / np.sqrt(1 / sigma**2 + kappa * informations[0])]
+    chunked = (background, theta0)
+    for w in range(2):
+        chunked, record = run(y_windows[w : w + 1], w, *chunked[:2], parameter_std=stds[w])
+        np.testing.assert_allclose(record.analysis_end[0], records.analysis_end[w], rtol=1e-12)
+    np.testing.assert_allclose(chunked.parameters, state.parameters, rtol=1e-12)
+    # ... and chunks that carry the precision compose exactly.
+    first, _ = run(
+        y_windows[:1], 0, background, theta0, parameter_std=sigma,
+        accumulate_information=True, information_scale=kappa,
+    )  # fmt: skip
+    second, _ = run(
+        y_windows[1:], 1, first.background, first.parameters, parameter_std=sigma,
+        accumulate_information=True, information_scale=kappa,
+        parameter_precision=first.parameter_precision,
+    )  # fmt: skip
+    np.testing.assert_allclose(second.parameter_precision, expected, rtol=1e-10)
+    np.testing.assert_allclose(second.parameters, state.parameters, rtol=1e-12)
+    # Without accumulation there is no precision to carry.
+    assert run(y_windows, 0, background, theta0, parameter_std=sigma)[0].parameter_precision is None
+
+
+def test_hutchinson_information_is_unbiased(affine):
+    # K Rademacher probes: mean (Jᵀv)² estimates diag(JᵀJ) with a relative standard error
+    # below sqrt(2 / K); the same key gives the same numbers.
+    model, observation, y, background, B, _, M, G = affine
+    method = FourDVar(jnp.asarray(B), window=WINDOW)
+
+    def precision(probes, key):
+        state, _ = online_fourdvar(
+            method, model, observation, jnp.asarray(background), jnp.asarray(y)[None],
+            where=lambda m: m.dynamics.bias, parameter_std=1.0, accumulate_information=True,
+            information_probes=probes, key=key,
+        )  # fmt: skip
+        return np.asarray(state.parameter_precision) - 1.0
+
+    exact = _bias_information(M, G, y)
+    estimate = precision(4000, jax.random.key(0))
+    np.testing.assert_allclose(estimate, exact, rtol=5 * np.sqrt(2 / 4000))
+    np.testing.assert_array_equal(precision(3, jax.random.key(1)), precision(3, jax.random.key(1)))
+    assert np.any(precision(3, jax.random.key(1)) != precision(3, jax.random.key(2)))
+
+
+def test_bad_information_options_are_rejected(affine):
+    model, observation, y, background, B, _, _, _ = affine
+    method = FourDVar(jnp.asarray(B), window=WINDOW)
+
+    def run(**options):
+        return online_fourdvar(
+            method, model, observation, jnp.asarray(background), jnp.asarray(y)[None],
+            where=lambda m: m.dynamics.bias, parameter_std=1.0, **options,
+        )  # fmt: skip
+
+    on = {"accumulate_information": True}
+    with pytest.raises(ValueError, match="parameter_std_decay"):
+        run(parameter_std_decay=10.0, **on)
+    with pytest.raises(ValueError, match="`key`"):
+        run(information_probes=4, **on)
+    with pytest.raises(ValueError, match="information_probes"):
+        run(information_probes=0, key=jax.random.key(0), **on)
+    with pytest.raises(ValueError, match="information_scale"):
+        run(information_scale=0.0, **on)
+    with pytest.raises(ValueError, match=r"parameter_precision.*\(3,\)"):
+        run(parameter_precision=jnp.ones(2), **on)
+    with pytest.raises(ValueError, match="parameter_precision"):
+        run(parameter_precision=jnp.array([1.0, 0.0, 1.0]), **on)
+    with pytest.raises(ValueError, match="accumulate_information=True"):
+        run(parameter_precision=jnp.ones(3))
 
 
 def test_bad_parameter_control_is_rejected(affine):
