@@ -290,8 +290,8 @@ def _online_scan(
         step = jnp.sqrt(jnp.mean(cost.parameter_residual(new_theta) ** 2))
         if precision is not None:
             window_key = None if key is None else jax.random.fold_in(key, index)
-            information = _information_diagonal(cost, result.control, probes, window_key)
-            precision = precision + scale * information.astype(precision.dtype)
+            gained = _information_diagonal(cost, result.control, probes, window_key)
+            precision = precision + scale * gained.astype(precision.dtype)
         record = OnlineWindows(end, result.costs[0], result.costs[-1], step, result.converged)
         return (end, new_theta, precision), record
 
