@@ -1,5 +1,7 @@
 """4D-Var with model parameters in the control (online learning) against exact answers."""
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -183,22 +185,24 @@ def test_cycled_windows_learn_the_forcing_online():
     assert np.mean(errors[-20:]) < 0.65
 
 
+def _online_bias(method, model, observation, y_part, start, x_b, theta, **options):
+    """`online_fourdvar` learning the affine model's bias from window `start` on."""
+    return online_fourdvar(
+        method, model, observation, jnp.asarray(x_b), y_part,
+        where=lambda m: m.dynamics.bias, parameters=theta, first_window=start, **options,
+    )  # fmt: skip
+
+
 def test_decaying_parameter_std_is_the_shrunk_prior_of_each_window(affine):
     # `parameter_std_decay = w0`: window w (global index) is the online window with the
     # constant σ / sqrt(1 + w / w0), whether the windows run in one call or in chunks.
     model, observation, y, background, B, _, _, _ = affine
     background = jnp.asarray(background)
     method = FourDVar(jnp.asarray(B), window=WINDOW)
-    bias = lambda m: m.dynamics.bias  # noqa: E731
     y_windows = jnp.asarray(np.stack([y, y[::-1]]))
     sigma, w0, first = 0.7, 4.0, 6
     theta0 = jnp.array([0.1, 0.0, 0.2])
-
-    def run(y_part, start, x_b, theta, **options):
-        return online_fourdvar(
-            method, model, observation, x_b, y_part,
-            where=bias, parameters=theta, first_window=start, **options,
-        )  # fmt: skip
+    run = functools.partial(_online_bias, method, model, observation)
 
     decayed, records = run(
         y_windows, first, background, theta0, parameter_std=sigma, parameter_std_decay=w0
@@ -233,16 +237,10 @@ def test_accumulated_information_is_the_exact_gauss_newton_diagonal(affine):
     # diagonal of JᵀJ of every earlier window, whether in one call or in chunks.
     model, observation, y, background, B, _, M, G = affine
     method = FourDVar(jnp.asarray(B), window=WINDOW)
-    bias = lambda m: m.dynamics.bias  # noqa: E731
     windows = [y, y[::-1]]  # the missing value moves: the two windows differ
     y_windows = jnp.asarray(np.stack(windows))
     sigma, kappa, theta0 = 0.7, 0.5, jnp.array([0.1, 0.0, 0.2])
-
-    def run(y_part, start, x_b, theta, **options):
-        return online_fourdvar(
-            method, model, observation, jnp.asarray(x_b), y_part,
-            where=bias, parameters=theta, first_window=start, **options,
-        )  # fmt: skip
+    run = functools.partial(_online_bias, method, model, observation)
 
     state, records = run(
         y_windows, 0, background, theta0, parameter_std=sigma,
