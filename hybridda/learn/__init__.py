@@ -8,7 +8,8 @@ split into training and validation segments by blocks in time
 minimising the inverse-variance-weighted multi-step [`RolloutLoss`][], with early
 stopping and resumable checkpoints. Online, [`online_fourdvar`][] learns the model's
 parameters inside the DA cycle instead: they are part of every 4D-Var window's control
-(Farchi et al. 2021, 2023).
+(Farchi et al. 2021, 2023), or [`online_replay_fourdvar`][] trains it a few steps per
+window on a replay buffer of the analyses the DA with the current model produces.
 
 ```python
 train, validation = train_validation_split(AnalysisDataset.from_trajectory(run), 0.2, key=k1)
@@ -30,6 +31,9 @@ from ._loss import rollout as rollout
 from ._online import OnlineState as OnlineState
 from ._online import OnlineWindows as OnlineWindows
 from ._online import online_fourdvar as online_fourdvar
+from ._replay import ReplayState as ReplayState
+from ._replay import ReplayWindows as ReplayWindows
+from ._replay import online_replay_fourdvar as online_replay_fourdvar
 from ._trainer import History as History
 from ._trainer import Trainer as Trainer
 from ._trainer import TrainResult as TrainResult
@@ -41,6 +45,8 @@ __all__ = [
     "History",
     "OnlineState",
     "OnlineWindows",
+    "ReplayState",
+    "ReplayWindows",
     "RolloutLoss",
     "RolloutPairs",
     "TrainResult",
@@ -51,6 +57,7 @@ __all__ = [
     "fit_transitions",
     "model_error_variance",
     "online_fourdvar",
+    "online_replay_fourdvar",
     "rollout",
     "rollout_pairs",
     "train_validation_split",

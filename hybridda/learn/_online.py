@@ -160,18 +160,7 @@ def online_fourdvar(
         correction with neural networks in the incremental 4D-Var framework, *J. Adv.
         Model. Earth Syst.* 15, e2022MS003474.
     """
-    if not isinstance(method, FourDVar):
-        raise TypeError(f"`method` must be a FourDVar, got {type(method).__name__}.")
-    if method.hybrid or method.stride != method.window:
-        raise ValueError(
-            "`method` must use consecutive windows (shift = window) and a static B: the "
-            "online windows carry one state and θ, not an ensemble."
-        )
-    if y_windows.ndim != 3 or y_windows.shape[1] != method.window:
-        raise ValueError(
-            f"`y_windows` must have shape (windows, {method.window}, p) for a window of "
-            f"{method.window} cycles, got {y_windows.shape}."
-        )
+    check_online_method(method, y_windows)
     check_learnt(model, where)
     # Checked here, while concrete: inside the compiled scan it would only give NaNs.
     require_positive("parameter_std", parameter_std, "It is the parameters' prior std σ > 0.")
@@ -242,6 +231,23 @@ def online_fourdvar(
         information,
     )
     return OnlineState(background, theta, precision), records
+
+
+def check_online_method(method, y_windows) -> None:
+    """Raise unless `method` is a FourDVar the online windows can carry (consecutive
+    windows, static ``B``) and `y_windows` is ``(W, L, p)`` for its window ``L``."""
+    if not isinstance(method, FourDVar):
+        raise TypeError(f"`method` must be a FourDVar, got {type(method).__name__}.")
+    if method.hybrid or method.stride != method.window:
+        raise ValueError(
+            "`method` must use consecutive windows (shift = window) and a static B: the "
+            "online windows carry one state and θ, not an ensemble."
+        )
+    if y_windows.ndim != 3 or y_windows.shape[1] != method.window:
+        raise ValueError(
+            f"`y_windows` must have shape (windows, {method.window}, p) for a window of "
+            f"{method.window} cycles, got {y_windows.shape}."
+        )
 
 
 @eqx.filter_jit
