@@ -1,5 +1,7 @@
 """Shared test problems: a linear "physical" resolvent and linear dynamics to learn."""
 
+from typing import NamedTuple
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -53,3 +55,38 @@ def datasets(runs, variances=None) -> list[AnalysisDataset]:
     if variances is None:
         return [AnalysisDataset(run) for run in runs]
     return [AnalysisDataset(run, v) for run, v in zip(runs, variances, strict=True)]
+
+
+class ForcingTwin(NamedTuple):
+    """Lorenz-96 (n = 20) twin for learning the forcing online: truth F = 8, a model
+    starting at F = 6, every other variable observed (std 1) every cycle, windows of
+    `window` cycles (strong 4D-Var, B = I, 8 Gauss-Newton iterations)."""
+
+    truth: Float[Array, "K n"]  # states after cycles 1..K
+    y_windows: Float[Array, "W L p"]
+    x0: Float[Array, " n"]  # the true initial state
+    start_model: object
+    observation: object
+    method: object
+
+
+def lorenz96_forcing_twin(windows: int = 40, window: int = 4) -> ForcingTwin:
+    import hybridda as hda
+    from hybridda.dynamics import Lorenz96
+    from hybridda.observe import GaussianError, every_kth
+    from hybridda.variational import FourDVar
+
+    n = 20
+    truth_model = hda.Resolvent(Lorenz96(n=n, forcing=8.0), dt=0.05)
+    observation = every_kth(n, 2, GaussianError(1.0))
+    x0 = hda.spin_up(truth_model, truth_model.dynamics.default_initial_state(), 300)
+    truth = hda.simulate(truth_model, x0, window * windows)[1:]
+    y = hda.synthesise_observations(observation, truth, jax.random.key(2))
+    return ForcingTwin(
+        truth,
+        y.reshape(windows, window, -1),
+        x0,
+        hda.Resolvent(Lorenz96(n=n, forcing=6.0), dt=0.05),
+        observation,
+        FourDVar(jnp.eye(n), window=window, outer_loops=8),
+    )

@@ -9,11 +9,11 @@ import optax
 import pytest
 
 import hybridda as hda
-from hybridda.dynamics import Lorenz96
 from hybridda.learn import online_replay_fourdvar
-from hybridda.observe import GaussianError, IndexObservation, every_kth
+from hybridda.observe import GaussianError, IndexObservation
 from hybridda.variational import FourDVar
 from tests.filters.helpers import AffineDynamics, rk4_affine_step
+from tests.learn.helpers import lorenz96_forcing_twin
 
 H_STEP, WINDOW, STDS = 0.1, 3, np.array([0.5, 0.8])
 
@@ -118,20 +118,16 @@ def test_lorenz96_forcing_is_learnt_from_the_streamed_analyses():
     # Measured over three observation draws (learning rate 0.05 or 0.1): F 7.9-8.3
     # after 40 windows, its moving average 7.9-8.3; window-end RMSE over the last 20
     # windows 0.48-0.58, against 0.71-0.78 with F held at 6 (test_parameter_control).
-    n, L, windows = 20, 4, 40
-    truth_model = hda.Resolvent(Lorenz96(n=n, forcing=8.0), dt=0.05)
-    observation = every_kth(n, 2, GaussianError(1.0))
-    x0 = hda.spin_up(truth_model, truth_model.dynamics.default_initial_state(), 300)
-    truth = hda.simulate(truth_model, x0, L * windows)[1:]
-    y = hda.synthesise_observations(observation, truth, jax.random.key(2))
-    start_model = hda.Resolvent(Lorenz96(n=n, forcing=6.0), dt=0.05)
-    method = FourDVar(jnp.eye(n), window=L, outer_loops=8)
-    y_windows = y.reshape(windows, L, -1)
+    twin = lorenz96_forcing_twin()
+    n, L = twin.x0.shape[0], 4
+    start_model, observation, method, y_windows = (
+        twin.start_model, twin.observation, twin.method, twin.y_windows
+    )  # fmt: skip
     options = dict(
         where=lambda m: m.dynamics.forcing, optimiser=optax.adam(0.05), key=jax.random.key(5),
         buffer_windows=16, steps_per_window=4, batch_size=8, average_decay=0.8,
     )  # fmt: skip
-    background = x0 + jax.random.normal(jax.random.key(3), (n,))
+    background = twin.x0 + jax.random.normal(jax.random.key(3), (n,))
     state, first = online_replay_fourdvar(
         method, start_model, observation, y_windows[:20], background=background, **options
     )
@@ -140,7 +136,7 @@ def test_lorenz96_forcing_is_learnt_from_the_streamed_analyses():
         **options,
     )  # fmt: skip
     ends = jnp.concatenate([first.analysis_end, second.analysis_end])
-    errors = np.sqrt(np.mean((ends - truth[L - 1 :: L]) ** 2, axis=1))
+    errors = np.sqrt(np.mean((ends - twin.truth[L - 1 :: L]) ** 2, axis=1))
     assert abs(float(state.parameters[0]) - 8.0) < 0.4
     assert abs(float(state.average[0]) - 8.0) < 0.4
     assert np.mean(errors[-20:]) < 0.65

@@ -20,6 +20,7 @@ from hybridda.variational import (
     gauss_newton,
 )
 from tests.filters.helpers import AffineDynamics, rk4_affine_step
+from tests.learn.helpers import lorenz96_forcing_twin
 
 H_STEP, WINDOW, STDS = 0.1, 4, np.array([0.5, 0.8])
 
@@ -139,15 +140,12 @@ def test_cycled_windows_learn_the_forcing_online():
     # last ten of 40. The window-end RMSE over the last 20 windows is 0.48-0.59 (three
     # observation draws, XLA optimisation on or off), against 0.71-0.78 with F held at 6
     # (parameter_std = 1e-6); single windows range over 0.3-1.0.
-    n, L, windows = 20, 4, 40
-    truth_model = hda.Resolvent(Lorenz96(n=n, forcing=8.0), dt=0.05)
-    observation = every_kth(n, 2, GaussianError(1.0))
-    x0 = hda.spin_up(truth_model, truth_model.dynamics.default_initial_state(), 300)
-    truth = hda.simulate(truth_model, x0, L * windows)[1:]
-    y = hda.synthesise_observations(observation, truth, jax.random.key(2))
-    start_model = hda.Resolvent(Lorenz96(n=n, forcing=6.0), dt=0.05)
-    method = FourDVar(jnp.eye(n), window=L, outer_loops=8)
-    y_windows = y.reshape(windows, L, -1)
+    windows, L = 40, 4
+    twin = lorenz96_forcing_twin(windows, L)
+    truth, x0, y_windows = twin.truth, twin.x0, twin.y_windows
+    start_model, observation, method = twin.start_model, twin.observation, twin.method
+    n = x0.shape[0]
+    y = y_windows.reshape(windows * L, -1)
     forcing = lambda m: m.dynamics.forcing  # noqa: E731
 
     with pytest.raises(ValueError, match="y_windows"):  # windows of 2 cycles, not L = 4
