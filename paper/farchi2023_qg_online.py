@@ -312,7 +312,7 @@ def learn_online(
     with `information` and ``config.information_scale > 0``, by accumulated information.
     With a `replay_learning_rate`, θ is learnt from the replayed analyses instead
     (`online_replay_fourdvar`, Adam with that rate; `sigma` unused), and the history's
-    ``theta`` is the moving average of θ (``theta_last`` the last iterate).
+    ``theta`` is the moving average of θ.
 
     Returns the history (numpy arrays) and whether the pass is complete.
     """
@@ -446,10 +446,7 @@ def learn_online(
             rmse = np.sqrt(np.mean((np.asarray(ends) - truth_ends) ** 2))
             bar.set_postfix(rmse_end=f"{rmse:.4f}", explained=f"{explained:.2f}")
             done = last
-    history = {k: np.asarray(v) for k, v in state.items() if k != "replay"}
-    if replay:
-        history["theta_last"] = np.asarray(state["replay"].parameters)
-    return history, done >= W
+    return {k: np.asarray(v) for k, v in state.items() if k != "replay"}, done >= W
 
 
 # ------------------------------------------------------------------ evaluation
