@@ -57,7 +57,8 @@ class ReplayState(NamedTuple):
       of the run (bias-corrected: the start's ``θ`` has no weight).
     - `optimiser_state`: the optax state.
     - `inputs`, `targets`: ``(B, n)`` the buffer's pairs ``(x_b, x^a)``; `filled`: how
-      many of its ``B`` slots hold a pair (window ``w`` writes slot ``w mod B``).
+      many of its ``B`` slots hold a pair (window ``w`` writes slot ``w mod B``; a
+      buffer started full, from a data set, stays full).
     - `windows`: how many windows the run has done.
     """
 
@@ -77,14 +78,42 @@ class ReplayState(NamedTuple):
         parameters: Float[Array, " q"],
         optimiser: optax.GradientTransformation,
         buffer_windows: int,
+        *,
+        inputs: Float[Array, "B n"] | None = None,
+        targets: Float[Array, "B n"] | None = None,
     ) -> "ReplayState":
         """The state of a new run: `background` for its first window, ``θ`` =
-        `parameters` (also the average), a fresh optimiser state, an empty buffer."""
+        `parameters` (also the average), a fresh optimiser state, and an empty buffer
+        or, with `inputs` and `targets`, a full one.
+
+        A full buffer continues training on a data set, e.g. fine-tuning a network
+        pre-trained offline on the analyses of the same period (Farchi et al. 2024):
+        pass that data set's ``B`` = `buffer_windows` pairs ``(x_b, x^a)`` in window
+        order, and window ``w`` replaces pair ``w mod B``, so with ``B`` = the number of
+        windows each window's offline pair is replaced by its new analysis."""
         background, parameters = jnp.asarray(background), jnp.asarray(parameters)
-        empty = jnp.zeros((buffer_windows, background.shape[0]), background.dtype)
+        shape = (buffer_windows, background.shape[0])
+        if (inputs is None) != (targets is None):
+            raise ValueError("Pass both `inputs` and `targets` (a full buffer), or neither.")
+        if inputs is None:
+            inputs = targets = jnp.zeros(shape, background.dtype)
+            filled = 0
+        else:
+            inputs, targets = jnp.asarray(inputs), jnp.asarray(targets)
+            for name, value in (("inputs", inputs), ("targets", targets)):
+                if value.shape != shape:
+                    raise ValueError(
+                        f"`{name}` must hold `buffer_windows` pairs of states, shape {shape}, "
+                        f"got {value.shape}: pass the data set's last {shape[0]} pairs or set "
+                        "`buffer_windows` to its size."
+                    )
+                if not bool(jnp.all(jnp.isfinite(value))):
+                    raise ValueError(f"`{name}` holds non-finite values.")
+            filled = buffer_windows
         return cls(
-            background, parameters, parameters, optimiser.init(parameters), empty, empty,
-            jnp.asarray(0), jnp.asarray(0),
+            background, parameters, parameters, optimiser.init(parameters),
+            inputs.astype(background.dtype), targets.astype(background.dtype),
+            jnp.asarray(filled), jnp.asarray(0),
         )  # fmt: skip
 
 
@@ -147,7 +176,8 @@ def online_replay_fourdvar(
     - `key`: a `jax.random` key for the minibatches.
     - `state`: the [`ReplayState`][] returned by the previous chunk; ``None`` starts a
       run from `background` with `model`'s parameters, a fresh optimiser state and an
-      empty buffer.
+      empty buffer (`ReplayState.start` with `inputs` and `targets` starts one whose
+      buffer is a data set's pairs).
     - `background`: ``x_b`` of the first window of a new run (not with `state`).
     - `buffer_windows` ``B``, `steps_per_window` ``S``, `batch_size`: the buffer's size
       in windows, the optimiser steps per window and the pairs per step (all ≥ 1).

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import hybridda as hda
-from hybridda.learn import online_replay_fourdvar
+from hybridda.learn import ReplayState, online_replay_fourdvar
 from hybridda.observe import GaussianError, IndexObservation
 from hybridda.variational import FourDVar
 from tests.filters.helpers import AffineDynamics, rk4_affine_step
@@ -109,6 +109,48 @@ def test_chunks_compose_exactly_and_the_buffer_keeps_the_last_windows(affine):
         **{**options, "key": jax.random.key(2)},
     )  # fmt: skip
     assert not np.array_equal(other.parameters, whole.parameters)
+
+
+def test_a_buffer_started_from_a_data_set_trains_on_its_pairs(affine):
+    # Buffer of 2 started full with the pairs (u0, v0), (u1, v1); window 0 replaces
+    # slot 0 by its own pair, so its one SGD step (batch of 1) is the step on either
+    # its pair or (u1, v1), and over keys both occur.
+    model, observation, y, B, method, M, G, bias, x_b = affine
+    rng = np.random.default_rng(7)
+    u, v = rng.standard_normal((2, 3)), rng.standard_normal((2, 3))
+    lr = 0.3
+    end, ML, SL = _window_end_blue(M, G, bias, B, x_b, y[0])
+    step = lambda a, b: bias - lr * 2 / 3 * SL.T @ (ML @ a + SL @ bias - b)  # noqa: E731
+    own, replayed = step(x_b, end), step(u[1], v[1])
+    seen = set()
+    for k in range(8):
+        start = ReplayState.start(
+            jnp.asarray(x_b), jnp.asarray(bias), optax.sgd(lr), 2,
+            inputs=jnp.asarray(u), targets=jnp.asarray(v),
+        )  # fmt: skip
+        state, _ = online_replay_fourdvar(
+            method, model, observation, jnp.asarray(y[:1]),
+            where=lambda m: m.dynamics.bias, optimiser=optax.sgd(lr),
+            key=jax.random.key(k), state=start, buffer_windows=2, steps_per_window=1,
+            batch_size=1,
+        )  # fmt: skip
+        assert int(state.filled) == 2
+        np.testing.assert_allclose(state.inputs, np.stack([x_b, u[1]]), rtol=1e-12)
+        np.testing.assert_allclose(state.targets, np.stack([end, v[1]]), rtol=1e-9)
+        which = [np.allclose(state.parameters, t, rtol=1e-9, atol=1e-12) for t in (own, replayed)]
+        assert sum(which) == 1
+        seen.add(which.index(True))
+    assert seen == {0, 1}
+    # A partial or mismatched data set is refused, naming the argument.
+    with pytest.raises(ValueError, match="`inputs` must hold `buffer_windows` pairs"):
+        ReplayState.start(jnp.asarray(x_b), jnp.asarray(bias), optax.sgd(lr), 3,
+                          inputs=jnp.asarray(u), targets=jnp.asarray(v))  # fmt: skip
+    with pytest.raises(ValueError, match="both `inputs` and `targets`"):
+        ReplayState.start(jnp.asarray(x_b), jnp.asarray(bias), optax.sgd(lr), 2,
+                          inputs=jnp.asarray(u))  # fmt: skip
+    with pytest.raises(ValueError, match="`targets` holds non-finite"):
+        ReplayState.start(jnp.asarray(x_b), jnp.asarray(bias), optax.sgd(lr), 2,
+                          inputs=jnp.asarray(u), targets=jnp.asarray(v * np.nan))  # fmt: skip
 
 
 def test_lorenz96_forcing_is_learnt_from_the_streamed_analyses():
