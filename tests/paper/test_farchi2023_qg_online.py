@@ -83,18 +83,20 @@ def test_quick_replay_run_learns_online_from_the_streamed_analyses(quick_run, qu
         assert saved["forecast"]["rmse"][name] == control["forecast"]["rmse"][name]
     # Online from the replayed analyses learns far more in 24 windows than with θ in the
     # control (measured, explained share of the one-cycle model error: replay 42 %,
-    # control 8 %; offline 61 %), and the fine-tuning keeps the offline network's skill
-    # (24-step RMSE: physical 0.0584, offline 0.0375, online 0.0450, offline + online
-    # 0.0383; analyses, second half: physical 0.0256, online 0.0218).
+    # control 8 %; offline 61 %), and fine-tuning the offline network on its data set,
+    # whose pairs the new analyses replace, adds to it (63 %; 24-step RMSE: physical
+    # 0.0584, offline 0.0375, online 0.0450, offline + online 0.0368; analyses, second
+    # half: physical 0.0256, online 0.0218, offline + online 0.0215).
     error = saved["model_error"]
     assert error["online"]["explained_fraction"] > 0.25
     assert (
         error["online"]["explained_fraction"]
         > control["model_error"]["online"]["explained_fraction"]
     )
+    assert error["offline_online"]["explained_fraction"] > error["offline"]["explained_fraction"]
     rmse = {name: values["24"] for name, values in saved["forecast"]["rmse_at"].items()}
     assert rmse["online"] < 0.9 * rmse["physical"]
-    assert rmse["offline_online"] < 1.1 * rmse["offline"]
+    assert rmse["offline_online"] < rmse["offline"]
     online = saved["online"]["online"]
     assert len(online["learning_curve_explained_last_iterate"]) == 2  # two chunks
     assert online["training_loss_first_last"][1] < online["training_loss_first_last"][0]
