@@ -35,22 +35,34 @@ def affine():
     return model, observation, y, B, method, M, G, bias, rng.standard_normal(n)
 
 
-def _window_end_blue(M, G, bias, B, x_b, y):
-    """x_L of the strong 4D-Var minimiser: x_k = M^k x0 + S_k b, S_k = Σ_{j<k} M^j G,
-    observed y_k = H x_k + ε (k = 1..L); x0 is the BLUE given x_b ~ N(x0, B)."""
+def _window_end_blue(M, G, bias, B, x_b, y, Q=None):
+    """x_L of the 4D-Var minimiser: x_k = M^k x0 + S_k b + Σ_{j≤k} M^{k-j} η_j,
+    S_k = Σ_{j<k} M^j G, η_j ~ N(0, Q) (strong: η = 0), observed y_k = H x_k + ε
+    (k = 1..L); the BLUE of z = (x0, η_1..η_L) given x_b ~ N(x0, B)."""
     H = np.zeros((2, 3))
     H[0, 0] = H[1, 2] = 1.0
+    L = WINDOW
     rows, offsets, S, Mk = [], [], np.zeros((3, 3)), np.eye(3)
-    for _ in range(WINDOW):
+    powers = [np.eye(3)]
+    for _ in range(L):
         S, Mk = M @ S + G, M @ Mk
-        rows.append(H @ Mk)
+        powers.append(Mk)
         offsets.append(H @ S @ bias)
+    # x_k = T_k z + S_k b, T_k = [M^k, M^{k-1}, ..., I (η_k), 0, ...].
+    T = [np.hstack([powers[k]] + [powers[k - j] if j <= k else np.zeros((3, 3))
+                                  for j in range(1, L + 1)]) for k in range(1, L + 1)]  # fmt: skip
+    rows = [H @ t for t in T]
     Hs, d = np.concatenate(rows), np.concatenate(y) - np.concatenate(offsets)
     keep = np.isfinite(d)
     Hs, d = Hs[keep], d[keep]
-    R = np.diag(np.tile(STDS**2, WINDOW)[keep])
-    x0 = x_b + B @ Hs.T @ np.linalg.solve(Hs @ B @ Hs.T + R, d - Hs @ x_b)
-    return Mk @ x0 + S @ bias, Mk, S
+    R = np.diag(np.tile(STDS**2, L)[keep])
+    P = np.zeros((3 * (L + 1), 3 * (L + 1)))
+    P[:3, :3] = B
+    for j in range(1, L + 1):
+        P[3 * j : 3 * j + 3, 3 * j : 3 * j + 3] = 0 if Q is None else Q
+    z_b = np.concatenate([x_b, np.zeros(3 * L)])
+    z = z_b + P @ Hs.T @ np.linalg.solve(Hs @ P @ Hs.T + R, d - Hs @ z_b)
+    return T[-1] @ z + S @ bias, Mk, S
 
 
 def test_one_window_is_the_blue_then_a_gradient_step_on_its_pair(affine):
@@ -75,6 +87,29 @@ def test_one_window_is_the_blue_then_a_gradient_step_on_its_pair(affine):
     np.testing.assert_allclose(state.average, expected, rtol=1e-12)
     assert int(state.windows) == 1
     assert record.cost_after[0] < record.cost_before[0] and bool(record.converged[0])
+
+
+def test_weak_constraint_window_is_its_blue_and_the_pair_trains_without_forcing(affine):
+    # Weak 4D-Var (Q per cycle): the window end is the BLUE of (x0, η) and the step
+    # fits the hybrid's rollout without forcing to it (the forcing is what M_θ misses).
+    model, observation, y, B, _, M, G, bias, x_b = affine
+    Q = np.diag([0.05, 0.02, 0.08])
+    method = FourDVar(jnp.asarray(B), window=WINDOW, outer_loops=3,
+                      model_error_covariance=jnp.asarray(Q))  # fmt: skip
+    lr = 0.3
+    state, record = online_replay_fourdvar(
+        method, model, observation, jnp.asarray(y[:1]),
+        where=lambda m: m.dynamics.bias, optimiser=optax.sgd(lr), key=jax.random.key(0),
+        background=jnp.asarray(x_b), buffer_windows=1, steps_per_window=1, batch_size=1,
+    )  # fmt: skip
+    end, ML, SL = _window_end_blue(M, G, bias, B, x_b, y[0], Q)
+    strong_end = _window_end_blue(M, G, bias, B, x_b, y[0])[0]
+    assert np.max(np.abs(end - strong_end)) > 1e-2  # Q matters
+    np.testing.assert_allclose(record.analysis_end[0], end, rtol=1e-9, atol=1e-10)
+    residual = ML @ x_b + SL @ bias - end
+    expected = bias - lr * 2 / 3 * SL.T @ residual
+    np.testing.assert_allclose(state.parameters, expected, rtol=1e-9, atol=1e-12)
+    assert bool(record.converged[0])
 
 
 def test_chunks_compose_exactly_and_the_buffer_keeps_the_last_windows(affine):
