@@ -42,7 +42,7 @@ def _window_end_blue(M, G, bias, B, x_b, y, Q=None):
     H = np.zeros((2, 3))
     H[0, 0] = H[1, 2] = 1.0
     L = WINDOW
-    rows, offsets, S, Mk = [], [], np.zeros((3, 3)), np.eye(3)
+    offsets, S, Mk = [], np.zeros((3, 3)), np.eye(3)
     powers = [np.eye(3)]
     for _ in range(L):
         S, Mk = M @ S + G, M @ Mk
