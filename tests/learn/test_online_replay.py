@@ -157,15 +157,16 @@ def test_a_buffer_started_from_a_data_set_trains_on_its_pairs(affine):
     end, ML, SL = _window_end_blue(M, G, bias, B, x_b, y[0])
     step = lambda a, b: bias - lr * 2 / 3 * SL.T @ (ML @ a + SL @ bias - b)  # noqa: E731
     own, replayed = step(x_b, end), step(u[1], v[1])
+    # One `where` and one optimiser for all keys: new functions would recompile each run.
+    where, optimiser = (lambda m: m.dynamics.bias), optax.sgd(lr)
     seen = set()
     for k in range(8):
         start = ReplayState.start(
-            jnp.asarray(x_b), jnp.asarray(bias), optax.sgd(lr), 2,
+            jnp.asarray(x_b), jnp.asarray(bias), optimiser, 2,
             inputs=jnp.asarray(u), targets=jnp.asarray(v),
         )  # fmt: skip
         state, _ = online_replay_fourdvar(
-            method, model, observation, jnp.asarray(y[:1]),
-            where=lambda m: m.dynamics.bias, optimiser=optax.sgd(lr),
+            method, model, observation, jnp.asarray(y[:1]), where=where, optimiser=optimiser,
             key=jax.random.key(k), state=start, buffer_windows=2, steps_per_window=1,
             batch_size=1,
         )  # fmt: skip
